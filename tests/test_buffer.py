@@ -1,0 +1,151 @@
+"""ExperienceBuffer: eviction, minibatches, staleness, clear, checkpoint round trip."""
+
+import pytest
+import torch
+
+from tokrl.buffer import ExperienceBuffer
+from tokrl.types import Rollout
+
+
+def make_rollout(first_id: int, n: int, T: int = 3, P: int = 2, values: bool = False) -> Rollout:
+    """n rows whose row i is identifiable: tokens[i, 0] == first_id + i."""
+    ids = torch.arange(first_id, first_id + n)
+    tokens = ids[:, None].repeat(1, T)                                  # (n, T)
+    return Rollout(
+        prompt_ids=torch.ones(n, P, dtype=torch.long), prompt_mask=torch.ones(n, P, dtype=torch.long),
+        tokens=tokens, lengths=torch.full((n,), T), mask=torch.ones(n, T),
+        logprobs=-ids[:, None].float().repeat(1, T), entropy=torch.zeros(n, T),
+        rewards=ids[:, None].float().repeat(1, T), group_size=n,
+        values=torch.zeros(n, T) if values else None,
+        texts=[f"row{i}" for i in ids.tolist()],
+        examples=[{"prompt": f"p{i}", "target_ids": [i, i + 1]} for i in ids.tolist()],
+    )
+
+
+def row_ids(rollout: Rollout) -> list[int]:
+    return rollout.tokens[:, 0].tolist()
+
+
+def test_add_and_len():
+    buf = ExperienceBuffer(capacity=10)
+    assert len(buf) == 0
+    buf.add(make_rollout(0, 4), step=0)
+    buf.add(make_rollout(100, 3, T=5), step=1)  # a wider part: T is padded to 5
+    assert len(buf) == 7
+    (everything,) = buf.minibatches(7, torch.Generator().manual_seed(0))
+    assert everything.tokens.shape == (7, 5)
+    assert sorted(row_ids(everything)) == [0, 1, 2, 3, 100, 101, 102]
+
+
+def test_capacity_evicts_oldest_rows_first():
+    buf = ExperienceBuffer(capacity=5)
+    buf.add(make_rollout(0, 3), step=0)
+    buf.add(make_rollout(10, 3), step=1)         # 6 rows: row 0 goes
+    assert len(buf) == 5
+    buf.add(make_rollout(20, 2), step=2)         # 7 rows: rows 1, 2 go
+    (everything,) = buf.minibatches(100, torch.Generator().manual_seed(0))
+    assert sorted(row_ids(everything)) == [10, 11, 12, 20, 21]
+    assert sorted(everything.texts) == ["row10", "row11", "row12", "row20", "row21"]
+    assert buf.staleness(2).tolist() == [1, 1, 1, 0, 0]
+
+
+def test_rollout_larger_than_capacity_raises():
+    with pytest.raises(ValueError, match="capacity"):
+        ExperienceBuffer(capacity=2).add(make_rollout(0, 3), step=0)
+
+
+def test_minibatches_cover_every_row_once_and_are_shuffled_deterministically():
+    buf = ExperienceBuffer(capacity=100)
+    buf.add(make_rollout(0, 10), step=0)
+    buf.add(make_rollout(10, 7), step=1)
+    batches = list(buf.minibatches(5, torch.Generator().manual_seed(123)))
+    assert [b.num_sequences for b in batches] == [5, 5, 5, 2]     # the last one is smaller
+    seen = [i for b in batches for i in row_ids(b)]
+    assert sorted(seen) == list(range(17))                         # every row exactly once
+    assert seen != list(range(17))                                 # shuffled
+    for b in batches:                                              # rows stay aligned across fields
+        assert b.rewards[:, 0].long().tolist() == row_ids(b)
+        assert b.texts == [f"row{i}" for i in row_ids(b)]
+        assert b.group_size == 1
+    again = [i for b in buf.minibatches(5, torch.Generator().manual_seed(123)) for i in row_ids(b)]
+    assert again == seen                                           # same seed, same order
+    other = [i for b in buf.minibatches(5, torch.Generator().manual_seed(7)) for i in row_ids(b)]
+    assert other != seen
+
+
+def test_minibatch_order_is_fixed_when_called():
+    buf = ExperienceBuffer(capacity=100)
+    buf.add(make_rollout(0, 6), step=0)
+    batches = buf.minibatches(4, torch.Generator().manual_seed(0))
+    buf.add(make_rollout(50, 6), step=1)  # added after the call: not part of this pass
+    assert sorted(i for b in batches for i in row_ids(b)) == list(range(6))
+
+
+def test_minibatches_of_empty_buffer_and_bad_size():
+    buf = ExperienceBuffer(capacity=4)
+    assert list(buf.minibatches(2, torch.Generator())) == []
+    with pytest.raises(ValueError):
+        buf.minibatches(0, torch.Generator())
+
+
+def test_staleness():
+    buf = ExperienceBuffer(capacity=100)
+    buf.add(make_rollout(0, 2), step=3)
+    buf.add(make_rollout(2, 1), step=5)
+    s = buf.staleness(7)
+    assert s.dtype == torch.long
+    assert s.tolist() == [4, 4, 2]
+
+
+def test_clear():
+    buf = ExperienceBuffer(capacity=8)
+    buf.add(make_rollout(0, 4), step=0)
+    buf.clear()
+    assert len(buf) == 0
+    assert buf.staleness(1).tolist() == []
+    buf.add(make_rollout(0, 3), step=1)          # on-policy use: clear, then add the next step
+    assert len(buf) == 3
+
+
+def test_add_detaches():
+    r = make_rollout(0, 2)
+    r.logprobs = r.logprobs.clone().requires_grad_()
+    buf = ExperienceBuffer(capacity=4)
+    buf.add(r, step=0)
+    (b,) = buf.minibatches(2, torch.Generator())
+    assert not b.logprobs.requires_grad
+
+
+def test_mismatched_optional_fields_are_refused():
+    buf = ExperienceBuffer(capacity=8)
+    buf.add(make_rollout(0, 2, values=True), step=0)
+    with pytest.raises(ValueError, match="values"):
+        buf.add(make_rollout(2, 2, values=False), step=1)
+
+
+def test_state_dict_round_trip(tmp_path):
+    buf = ExperienceBuffer(capacity=5)
+    buf.add(make_rollout(0, 3, values=True), step=0)
+    buf.add(make_rollout(10, 3, T=4, values=True), step=1)        # evicts row 0
+    path = tmp_path / "buffer.pt"
+    torch.save(buf.state_dict(), path)
+    restored = ExperienceBuffer(capacity=1)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    assert restored.capacity == 5 and len(restored) == 5
+    assert restored.staleness(3).tolist() == buf.staleness(3).tolist()
+    a = list(buf.minibatches(2, torch.Generator().manual_seed(1)))
+    b = list(restored.minibatches(2, torch.Generator().manual_seed(1)))
+    for x, y in zip(a, b, strict=True):
+        for name in ("prompt_ids", "prompt_mask", "tokens", "lengths", "mask", "logprobs",
+                     "entropy", "rewards", "values"):
+            assert torch.equal(getattr(x, name), getattr(y, name)), name
+        assert x.ref_logprobs is None and y.ref_logprobs is None
+        assert x.texts == y.texts and x.examples == y.examples
+
+
+def test_empty_state_dict_round_trip(tmp_path):
+    path = tmp_path / "empty.pt"
+    torch.save(ExperienceBuffer(capacity=3).state_dict(), path)
+    restored = ExperienceBuffer(capacity=9)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    assert len(restored) == 0 and restored.capacity == 3

@@ -1,0 +1,76 @@
+"""The task protocol: where prompts come from and how completions are scored.
+
+A task speaks at two levels. ``token_rewards`` gives one reward per generated
+token and must be causal (the reward of token t depends only on tokens <= t), so
+an environment can pay it out as each token arrives. ``sequence_rewards`` scores a
+whole decoded completion; its value is paid on the last generated token.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+Example = dict[str, Any]
+"""One prompt: ``{"prompt": str, ...named columns passed through to rewards}``."""
+
+
+class Task:
+    """Base class; subclasses override what they use."""
+
+    name: str = "task"
+
+    def examples(self, split: str) -> list[Example]:
+        """All examples of ``split`` ("train" or "test")."""
+        raise NotImplementedError
+
+    def max_tokens(self, example: Example) -> int | None:
+        """Episode length at which the task ends the episode (None: only EOS or the cap)."""
+        return None
+
+    def token_rewards(self, examples: list[Example], completions: list[list[int]]) -> list[list[float]] | None:
+        """Per completion, one reward per generated token id; None if the task has none."""
+        return None
+
+    def sequence_rewards(self, examples: list[Example], completions: list[str]) -> list[float] | None:
+        """Per decoded completion, one score paid at its last token; None if none."""
+        return None
+
+
+class PromptSampler:
+    """Draws prompts without replacement, epoch after epoch, from a seeded shuffle.
+
+    Its whole state is (seed, epoch, position), so a resumed run draws the same
+    prompts an uninterrupted run would.
+    """
+
+    def __init__(self, examples: list[Example], seed: int):
+        if not examples:
+            raise ValueError("the task has no training examples")
+        self.examples = examples
+        self.seed = seed
+        self.epoch = 0
+        self.position = 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        order = list(range(len(self.examples)))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def sample(self, n: int) -> list[Example]:
+        out = []
+        for _ in range(n):
+            if self.position == len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._shuffle()
+            out.append(self.examples[self._order[self.position]])
+            self.position += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
+        self._order = self._shuffle()
