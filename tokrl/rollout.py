@@ -1,0 +1,181 @@
+"""Batched sampling with a KV cache: B prompts x G samples -> Rollout.
+
+The prompts are encoded once (prefill); after that each new token costs one
+forward pass over one position per sequence, reading keys and values of the
+past from the cache. Re-encoding the whole sequence for every token would cost
+O(T^2) instead of O(T).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tokrl.config import SamplingConfig
+from tokrl.env import encode_prompt
+from tokrl.losses import entropy as full_entropy
+from tokrl.tasks.base import Example, Task
+from tokrl.types import Rollout
+
+
+def process_logits(logits: Tensor, sampling: SamplingConfig) -> Tensor:
+    """The logits of the distribution actually sampled from.
+
+    logits: (..., V) -> (..., V) float32, divided by the temperature, with -inf
+    outside the top-k / top-p set. The trainer applies the same function, so the
+    log-prob recorded at rollout and the one recomputed in the update agree.
+    """
+    z = logits.float()
+    if sampling.temperature > 0 and sampling.temperature != 1.0:
+        z = z / sampling.temperature
+    if sampling.top_k > 0 and sampling.top_k < z.shape[-1]:
+        kth = torch.topk(z, sampling.top_k, dim=-1).values[..., -1:]          # (..., 1)
+        z = z.masked_fill(z < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True)
+        probs = sorted_z.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p; the
+        # most likely token is always kept
+        drop_sorted = (probs.cumsum(dim=-1) - probs) >= sampling.top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        z = z.masked_fill(drop, float("-inf"))
+    return z
+
+
+def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
+    """The prompt as the model sees it: plain, or as a user turn of the chat template."""
+    if not chat_template:
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("model.chat_template is true but the tokenizer has no chat template; set it to false")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def encode_batch(tokenizer, examples: list[Example], group_size: int, chat_template: bool = False,
+                 max_prompt_tokens: int | None = None) -> tuple[Tensor, Tensor]:
+    """Left-padded prompt ids, each prompt repeated G times (prompt-major).
+
+    returns: ids (N, P) long, mask (N, P) long with N = len(examples) * group_size.
+    """
+    encoded = [encode_prompt(tokenizer, format_prompt(tokenizer, ex["prompt"], chat_template)) for ex in examples]
+    for ex, ids in zip(examples, encoded):
+        if not ids:
+            raise ValueError(f"empty prompt in example {ex!r}; every prompt needs at least one token")
+        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+            raise ValueError(f"a prompt has {len(ids)} tokens, more than the model's context allows "
+                             f"({max_prompt_tokens}); shorten it or lower sampling.max_new_tokens")
+    P = max(len(ids) for ids in encoded)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (P - len(x)) + x for x in encoded for _ in range(group_size)], dtype=torch.long)
+    mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in encoded for _ in range(group_size)], dtype=torch.long)
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingConfig, eos_id: int,
+             pad_id: int, caps: Tensor | None = None, generator: torch.Generator | None = None,
+             autocast=None) -> dict[str, Tensor]:
+    """Sample completions for left-padded prompts with a KV cache.
+
+    prompt_ids, prompt_mask: (N, P). caps: (N,) long, per-row episode lengths set by
+    the task (None: max_new_tokens). A row stops after EOS or at its cap.
+    returns tokens (N, T) long, lengths (N,) long, logprobs (N, T), entropy (N, T)
+    float32, with T <= max_new_tokens (the longest completion).
+    """
+    from contextlib import nullcontext
+
+    ctx = autocast if autocast is not None else nullcontext()
+    N, P = prompt_ids.shape
+    Tmax = sampling.max_new_tokens
+    caps = torch.full((N,), Tmax) if caps is None else caps.clamp(max=Tmax)
+    tokens = torch.full((N, Tmax), pad_id, dtype=torch.long)
+    logprobs = torch.zeros(N, Tmax)
+    entropies = torch.zeros(N, Tmax)
+    lengths = torch.zeros(N, dtype=torch.long)
+    done = caps <= 0                                                       # (N,) bool
+    attention = prompt_mask.clone()                                        # (N, P + t)
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)              # (N, P)
+    with ctx:
+        out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                    logits_to_keep=1)
+    cache, logits = out.cache, out.logits[:, -1]                           # (N, V)
+    next_pos = positions[:, -1:] + 1                                       # (N, 1)
+    T = 0
+    for t in range(Tmax):
+        if bool(done.all()):
+            break
+        z = process_logits(logits, sampling)                               # (N, V) float32
+        logp_all = torch.log_softmax(z, dim=-1)
+        if sampling.temperature == 0:
+            token = z.argmax(dim=-1)
+        else:
+            token = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+        alive = ~done
+        token = torch.where(alive, token, torch.full_like(token, pad_id))
+        tokens[:, t] = token
+        logprobs[:, t] = torch.where(alive, logp_all.gather(1, token[:, None]).squeeze(1), 0.0)
+        tempered = logits.float() / sampling.temperature if sampling.temperature > 0 else logits.float()
+        entropies[:, t] = torch.where(alive, full_entropy(tempered[:, None, :]).squeeze(1), 0.0)
+        lengths += alive.long()
+        done = done | (token == eos_id) | (lengths >= caps)
+        T = t + 1
+        if bool(done.all()):
+            break
+        attention = torch.cat([attention, torch.ones(N, 1, dtype=attention.dtype)], dim=1)
+        with ctx:
+            out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_pos,
+                        cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1]
+        next_pos = next_pos + 1
+    return {"tokens": tokens[:, :T], "lengths": lengths, "logprobs": logprobs[:, :T], "entropy": entropies[:, :T]}
+
+
+def score(task: Task, examples: list[Example], tokens: Tensor, lengths: Tensor, texts: list[str]) -> Tensor:
+    """Per-token rewards (N, T) float32 from the task: its causal token rewards plus
+    its sequence reward on each completion's last token."""
+    N, T = tokens.shape
+    rewards = torch.zeros(N, T)
+    ids = [tokens[i, : lengths[i]].tolist() for i in range(N)]
+    dense = task.token_rewards(examples, ids)
+    if dense is not None:
+        for i, r in enumerate(dense):
+            if len(r) != len(ids[i]):
+                raise ValueError(f"task {task.name} gave {len(r)} token rewards for a completion of {len(ids[i])} tokens")
+            rewards[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+    final = task.sequence_rewards(examples, texts)
+    if final is not None:
+        if len(final) != N:
+            raise ValueError(f"task {task.name} gave {len(final)} sequence rewards for {N} completions")
+        last = (lengths - 1).clamp(min=0)
+        rewards[torch.arange(N), last] += torch.tensor(final, dtype=torch.float32)
+    if not torch.isfinite(rewards).all():
+        bad = int((~torch.isfinite(rewards)).any(dim=1).nonzero()[0])
+        raise ValueError(f"task {task.name} gave a non-finite reward for completion {texts[bad]!r}")
+    return rewards
+
+
+def rollout(model, tokenizer, task: Task, examples: list[Example], group_size: int, sampling: SamplingConfig,
+            generator: torch.Generator | None = None, chat_template: bool = False, autocast=None) -> Rollout:
+    """Sample G completions for each of B examples and score them: a Rollout of N = B*G rows."""
+    prompt_ids, prompt_mask = encode_batch(
+        tokenizer, examples, group_size, chat_template,
+        max_prompt_tokens=_context_room(model, sampling.max_new_tokens))
+    rows = [ex for ex in examples for _ in range(group_size)]
+    caps = torch.tensor([task.max_tokens(ex) or sampling.max_new_tokens for ex in rows], dtype=torch.long)
+    out = generate(model, prompt_ids, prompt_mask, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                   caps, generator, autocast)
+    tokens, lengths = out["tokens"], out["lengths"]
+    texts = tokenizer.batch_decode([tokens[i, : lengths[i]] for i in range(len(rows))], skip_special_tokens=True)
+    mask = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).float()
+    return Rollout(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=tokens, lengths=lengths, mask=mask,
+        logprobs=out["logprobs"], entropy=out["entropy"], rewards=score(task, rows, tokens, lengths, texts),
+        group_size=group_size, prompt_index=torch.arange(len(examples)).repeat_interleave(group_size),
+        texts=texts, examples=rows,
+    )
+
+
+def _context_room(model, max_new_tokens: int) -> int | None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    return None if limit is None else limit - max_new_tokens
