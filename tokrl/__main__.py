@@ -1,0 +1,3 @@
+from tokrl.cli import main
+import sys
+sys.exit(main())
