@@ -86,7 +86,7 @@ def test_train_exits_0_and_prints_a_json_summary(run):
 def test_run_directory_holds_the_documented_files(run):
     run_dir = run[0]
     assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "metrics.jsonl", "samples.jsonl", "eval.jsonl",
-                                                  "model"}
+                                                  "eval_samples.jsonl", "model"}
 
 
 def test_config_yaml_reloads_to_the_same_config(run):
@@ -169,7 +169,8 @@ def test_overwrite_replaces_an_existing_run_directory(tiny_model_dir, tmp_path, 
             "train.save_model=false", f"train.output_dir={run_dir}", f"model.name={tiny_model_dir}",
             "--quiet", "--overwrite"]
     assert main(argv) == 0
-    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "metrics.jsonl", "samples.jsonl", "eval.jsonl"}
+    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "metrics.jsonl", "samples.jsonl", "eval.jsonl",
+                                                   "eval_samples.jsonl"}
     assert len(read_jsonl(run_dir / "metrics.jsonl")) == 1
 
 

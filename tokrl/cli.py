@@ -87,7 +87,7 @@ def _eval(args: argparse.Namespace) -> int:
     model.eval()
     task = build_task(cfg.task.name, tokenizer, **cfg.task.options)
     examples = task.examples(args.split)[: args.limit or None]
-    result = evaluate(model, tokenizer, task, examples, SamplingConfig(cfg.sampling.max_new_tokens, temperature=0.0),
+    result, _ = evaluate(model, tokenizer, task, examples, SamplingConfig(cfg.sampling.max_new_tokens, temperature=0.0),
                       cfg.model.chat_template, autocast(cfg.model.dtype))
     print(json.dumps({"model": cfg.model.name, "task": cfg.task.name, "split": args.split, **result}))
     return 0

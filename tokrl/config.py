@@ -173,6 +173,18 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = True
+    """also write TensorBoard event files under output_dir/tb (when tensorboard is installed)"""
+    wandb_project: str | None = None
+    """also log to this Weights & Biases project (needs wandb installed; null: off)"""
+    wandb_mode: str = "offline"
+    """wandb mode: offline (no network; sync later with `wandb sync`) or online"""
+    report: bool = True
+    """write the HTML run report (report.html and PNGs) at the end of training"""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -181,6 +193,7 @@ class Config:
     kl: KLConfig = field(default_factory=KLConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 # ---------------------------------------------------------------- (de)serialisation
@@ -350,6 +363,7 @@ def validate(cfg: Config) -> None:
     _check(t.group_size >= 1, "train.group_size must be >= 1")
     _check(t.minibatch_size >= 0 and t.microbatch_size >= 0, "train.minibatch_size and train.microbatch_size must be >= 0")
     _check(cfg.optim.lr > 0, "optim.lr must be > 0")
+    _check(cfg.log.wandb_mode in ("offline", "online"), "log.wandb_mode must be offline or online")
     _check(t.output_dir.strip() != "", "train.output_dir must name a directory (e.g. runs/my-run)")
     from tokrl.tasks import TASKS
     _check(cfg.task.name in TASKS, f"task.name: {cfg.task.name!r} is not one of {', '.join(sorted(TASKS))}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from tokrl.config import SamplingConfig
@@ -11,18 +13,23 @@ from tokrl.tasks import Example, Task
 
 @torch.no_grad()
 def evaluate(model, tokenizer, task: Task, examples: list[Example], sampling: SamplingConfig,
-             chat_template: bool = False, autocast=None, batch_size: int = 64) -> dict[str, float]:
-    """Mean reward of one completion per example, plus the fraction of perfect ones.
+             chat_template: bool = False, autocast=None, batch_size: int = 64
+             ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Score one completion per example.
 
-    "perfect" means the completion earned the best score seen for the task's metric:
-    a reward of at least 1.0 (target_match and exact-answer tasks score 1.0 when right).
+    returns the metrics {"reward": mean score, "solved": fraction scoring >= 1.0
+    (target_match and exact-answer tasks pay 1.0 for a right answer), "n"} and one
+    record {"prompt", "completion", "score"} per example.
     """
-    scores = []
+    scores, samples = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         batch = rollout(model, tokenizer, task, chunk, 1, sampling, None, chat_template, autocast)
         scores.append(batch.scores)
+        samples += [{"prompt": ex["prompt"], "completion": text, "score": float(score)}
+                    for ex, text, score in zip(chunk, batch.texts, batch.scores)]
     s = torch.cat(scores) if scores else torch.zeros(0)
-    return {"reward": float(s.mean()) if len(s) else 0.0,
-            "solved": float((s >= 1.0 - 1e-6).float().mean()) if len(s) else 0.0,
-            "n": len(s)}
+    metrics = {"reward": float(s.mean()) if len(s) else 0.0,
+               "solved": float((s >= 1.0 - 1e-6).float().mean()) if len(s) else 0.0,
+               "n": len(s)}
+    return metrics, samples

@@ -1,4 +1,11 @@
-"""Where a run's numbers go: metrics.jsonl (one line per step), samples.jsonl, eval.jsonl."""
+"""Where a run's numbers go, all JSON lines in the run directory:
+
+- metrics.jsonl: one line per step (reward, entropy, KL, losses, timings, ...)
+- samples.jsonl: a few training completions per step with per-token data
+  (token ids, token texts, rewards, advantages)
+- eval.jsonl: one line per held-out evaluation (step 0 is before training)
+- eval_samples.jsonl: every held-out completion of each evaluation
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ class MetricsWriter:
     def __init__(self, run_dir: Path):
         run_dir.mkdir(parents=True, exist_ok=True)
         self._files = {name: open(run_dir / f"{name}.jsonl", "a", encoding="utf-8")
-                       for name in ("metrics", "samples", "eval")}
+                       for name in ("metrics", "samples", "eval", "eval_samples")}
 
     def _write(self, name: str, record: dict[str, Any]) -> None:
         f = self._files[name]
@@ -25,15 +32,19 @@ class MetricsWriter:
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         self._write("metrics", metrics)
 
-    def write_eval(self, metrics: dict[str, Any]) -> None:
-        self._write("eval", metrics)
+    def write_eval(self, step: int, metrics: dict[str, Any], samples: list[dict[str, Any]]) -> None:
+        self._write("eval", {"step": step, **metrics})
+        for record in samples:
+            self._write("eval_samples", {"step": step, **record})
 
-    def write_samples(self, step: int, batch: Rollout, k: int) -> None:
+    def write_samples(self, step: int, batch: Rollout, k: int, tokenizer) -> None:
         """The first k completions of the batch with their token-level data."""
         for i in range(min(k, batch.num_sequences)):
             n = int(batch.lengths[i])
+            ids = batch.tokens[i, :n].tolist()
             record = {"step": step, "prompt": batch.examples[i]["prompt"], "completion": batch.texts[i],
-                      "score": float(batch.scores[i]), "tokens": batch.tokens[i, :n].tolist(),
+                      "score": float(batch.scores[i]), "tokens": ids,
+                      "token_texts": [tokenizer.decode([t]) for t in ids],
                       "rewards": [round(x, 6) for x in batch.rewards[i, :n].tolist()]}
             if batch.advantages is not None:
                 record["advantages"] = [round(x, 6) for x in batch.advantages[i, :n].tolist()]

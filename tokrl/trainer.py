@@ -279,32 +279,34 @@ def train(cfg: Config, run_dir: Path, progress: Callable[[dict[str, float]], Non
     eval_sampling = SamplingConfig(cfg.sampling.max_new_tokens, temperature=0.0)
     test = state.task.examples("test")[: cfg.train.eval_samples]
 
-    def run_eval() -> dict[str, float]:
+    def run_eval() -> tuple[dict[str, float], list[dict]]:
         return evaluate(state.model, state.tokenizer, state.task, test, eval_sampling,
                         cfg.model.chat_template, autocast(cfg.model.dtype))
 
-    before = run_eval()
+    before, before_samples = run_eval()
     # only now has every part loaded and run once: bad input has written nothing
     if on_start is not None:
         on_start()
     writer = MetricsWriter(run_dir)
-    writer.write_eval({"step": 0, **before})
+    writer.write_eval(0, before, before_samples)
     stopped_early = False
     while state.step < cfg.train.max_steps:
         metrics, batch = train_step(state, cfg)
         every = cfg.train.eval_every
         if every and state.step % every == 0 and state.step < cfg.train.max_steps:
-            metrics.update({f"eval/{k}": v for k, v in run_eval().items()})
+            mid, mid_samples = run_eval()
+            writer.write_eval(state.step, mid, mid_samples)
+            metrics.update({f"eval/{k}": v for k, v in mid.items()})
         writer.write_metrics(metrics)
-        writer.write_samples(state.step, batch, cfg.train.log_samples)
+        writer.write_samples(state.step, batch, cfg.train.log_samples, state.tokenizer)
         if progress is not None:
             progress(metrics)
         target = cfg.train.target_reward
         if target is not None and state.reward_avg.value >= target:
             stopped_early = True
             break
-    after = run_eval()
-    writer.write_eval({"step": state.step, **after})
+    after, after_samples = run_eval()
+    writer.write_eval(state.step, after, after_samples)
     if cfg.train.save_model:
         save_policy(state.model, state.tokenizer, run_dir / "model")
     writer.close()
