@@ -86,7 +86,8 @@ def test_train_exits_0_and_prints_a_json_summary(run):
 def test_run_directory_holds_the_documented_files(run):
     run_dir = run[0]
     assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "metrics.jsonl", "samples.jsonl", "eval.jsonl",
-                                                  "eval_samples.jsonl", "model"}
+                                                  "eval_samples.jsonl", "checkpoints", "model", "tb",
+                                                  "report.html", "report-curves.png"}
 
 
 def test_config_yaml_reloads_to_the_same_config(run):
@@ -170,7 +171,8 @@ def test_overwrite_replaces_an_existing_run_directory(tiny_model_dir, tmp_path, 
             "--quiet", "--overwrite"]
     assert main(argv) == 0
     assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "metrics.jsonl", "samples.jsonl", "eval.jsonl",
-                                                   "eval_samples.jsonl"}
+                                                   "eval_samples.jsonl", "checkpoints", "tb", "report.html",
+                                                   "report-curves.png"}
     assert len(read_jsonl(run_dir / "metrics.jsonl")) == 1
 
 

@@ -16,16 +16,14 @@ import sys
 from pathlib import Path
 
 from tokrl.config import ConfigError, load_config
+from tokrl.errors import TrainingError, UsageError
 
 EXIT_BAD_INPUT = 2
+EXIT_TRAINING_FAILED = 1
 
-PLUGINS: tuple[str, ...] = ()
+PLUGINS: tuple[str, ...] = ("tokrl.report",)
 """Modules that add a subcommand: each defines ``add_command(subparsers)``, which
 registers a parser whose ``func`` default takes the parsed args and returns an exit code."""
-
-
-class UsageError(Exception):
-    """Bad input found by the CLI itself."""
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -33,39 +31,97 @@ def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tokrl.config import to_dict
+    from tokrl.runlock import RunLock
     from tokrl.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
-    run_dir = Path(cfg.train.output_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"train.output_dir {run_dir} is a file; name a directory")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not args.overwrite:
-            raise UsageError(f"run directory {run_dir} already exists; pass --overwrite or set train.output_dir=...")
-        if not (run_dir / "config.yaml").is_file():
-            raise UsageError(f"{run_dir} is not empty and not a tokrl run directory; --overwrite only replaces runs")
+    if args.config and "=" in args.config and not Path(args.config).is_file():
+        # `tokrl train key=value ...`: no recipe, only overrides of the defaults
+        args.config, args.overrides = None, [args.config, *args.overrides]
+    if args.resume:
+        cfg, run_dir = _resume_config(args)
+    else:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(cfg.train.output_dir)
+        _check_new_run_dir(run_dir, args.overwrite)
+    lock = RunLock(run_dir)
+    if args.resume:
+        lock.acquire()
     bar = tqdm(total=cfg.train.max_steps, desc="train", unit="step", file=sys.stderr,
                disable=args.quiet, dynamic_ncols=True)
 
     def progress(m: dict) -> None:
         bar.update(1)
+        kl = m["kl/ref_per_seq"] if m.get("kl/coef") else m.get("policy/approx_kl", 0.0)
         bar.set_postfix(reward=f"{m['reward/mean']:.3f}", entropy=f"{m['policy/entropy']:.2f}",
-                        kl=f"{m.get('policy/approx_kl', 0.0):.4f}", tok_s=f"{m['time/tokens_per_s']:.0f}")
+                        kl=f"{kl:.4f}", tok_s=f"{m['time/tokens_per_s']:.0f}")
 
     def on_start() -> None:
-        # only once the model and task have loaded: bad input leaves no run directory behind
-        if run_dir.exists() and args.overwrite:
-            shutil.rmtree(run_dir)
+        # only once the model and task have loaded and run: bad input leaves nothing behind
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        if args.overwrite:
+            for old in run_dir.iterdir():
+                if old.name != lock.path.name:
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
-    result = train(cfg, run_dir, progress=progress, on_start=on_start)
-    bar.close()
-    before, after = result["eval_before"], result["eval_after"]
+    try:
+        result = train(cfg, run_dir, progress=progress, on_start=on_start, resume=bool(args.resume))
+    finally:
+        bar.close()
+        lock.release()
     summary = {"run_dir": str(run_dir), "steps": result["steps"], "stopped_early": result["stopped_early"],
-               "eval_before": before, "eval_after": after}
+               "eval_before": result["eval_before"], "eval_after": result["eval_after"]}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"train.output_dir {run_dir} is a file; name a directory")
+    ancestor = run_dir.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"train.output_dir {run_dir} cannot be created: {ancestor} is a file")
+    if not os.access(ancestor, os.W_OK):
+        raise UsageError(f"train.output_dir {run_dir} cannot be created: {ancestor} is not writable")
+    if run_dir.exists() and any(p.name != ".lock" for p in run_dir.iterdir()):
+        if not overwrite:
+            raise UsageError(f"run directory {run_dir} already exists; pass --overwrite, --resume {run_dir}, "
+                             "or set train.output_dir=...")
+        if not (run_dir / "config.yaml").is_file():
+            raise UsageError(f"{run_dir} is not empty and not a tokrl run directory; --overwrite only replaces runs")
+
+
+def _resume_config(args: argparse.Namespace):
+    """The config to resume ``args.resume`` with: the run's own, plus any CONFIG and
+    overrides given, which must not change it unless --force."""
+    from tokrl.config import to_dict
+
+    run_dir = Path(args.resume)
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise UsageError(f"{run_dir} is not a run directory (no config.yaml); nothing to resume")
+    saved = load_config(saved_path)
+    cfg = load_config(args.config or saved_path, [*args.overrides, f"train.output_dir={run_dir}"])
+    saved.train.output_dir = str(run_dir)          # a moved run directory is the same run
+    changed = _differences(to_dict(saved), to_dict(cfg))
+    if changed and not args.force:
+        raise UsageError(f"the config differs from the run's in {', '.join(changed)}; "
+                         "pass --force to resume with the new values")
+    return cfg, run_dir
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict) and k != "options":
+            keys += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            keys.append(f"{prefix}{k}")
+    return keys
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -86,6 +142,8 @@ def _eval(args: argparse.Namespace) -> int:
     model, tokenizer = load_policy(cfg.model)
     model.eval()
     task = build_task(cfg.task.name, tokenizer, **cfg.task.options)
+    if args.limit < 0:
+        raise UsageError(f"--limit must be >= 0 (0 evaluates every example), got {args.limit}")
     examples = task.examples(args.split)[: args.limit or None]
     result, _ = evaluate(model, tokenizer, task, examples, SamplingConfig(cfg.sampling.max_new_tokens, temperature=0.0),
                       cfg.model.chat_template, autocast(cfg.model.dtype))
@@ -122,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML recipe (default: the built-in defaults)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5 train.max_steps=50")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest complete checkpoint")
+    p.add_argument("--force", action="store_true", help="with --resume: accept a changed config")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -149,18 +209,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (argparse stops collecting positionals there)
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()      # tokrl draws its own progress
     try:
         return args.func(args)
     except (ConfigError, UsageError, FileNotFoundError, ValueError) as e:
-        if os.environ.get("TOKRL_DEBUG"):
-            raise
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"tokrl: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(e, EXIT_BAD_INPUT)
+    except TrainingError as e:
+        return _fail(e, EXIT_TRAINING_FAILED)
+
+
+def _fail(error: Exception, status: int) -> int:
+    if os.environ.get("TOKRL_DEBUG"):
+        raise error
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(f"tokrl: error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -51,6 +51,13 @@ class ModelConfig:
     """wrap each prompt in the tokenizer's chat template as a user message"""
     cache_dir: str | None = None
     """where converted and built-in models are cached (default $TOKRL_CACHE or ~/.cache/tokrl)"""
+    lora_rank: int = 0
+    """LoRA rank r: train low-rank adapters only (peft); 0 trains every weight. Under
+    LoRA the KL reference is the base model with adapters disabled (no second copy)"""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator: adapters are scaled by lora_alpha / lora_rank"""
+    lora_targets: str = "all-linear"
+    """modules that get adapters: all-linear, or comma-separated names (q_proj,v_proj)"""
 
 
 @dataclass
@@ -170,6 +177,15 @@ class TrainConfig:
     """the run directory: config.yaml, metrics.jsonl, samples.jsonl, model/"""
     save_model: bool = True
     """save the trained policy in Hugging Face format under output_dir/model"""
+    checkpoint_every: int = 50
+    """write a checkpoint every this many steps, and at the end (0: only at the end)"""
+    keep_checkpoints: int = 2
+    """how many of the newest checkpoints to keep"""
+    on_bad_reward: str = "error"
+    """a non-finite reward: error (stop, naming the task and sample) or skip (drop the
+    sample from the loss and count it in reward/dropped)"""
+    max_bad_steps: int = 5
+    """stop after this many consecutive updates skipped for a non-finite loss or gradient"""
 
 
 @dataclass
@@ -319,7 +335,9 @@ def _merge(base: dict, update: dict, prefix: str) -> None:
     for key, value in update.items():
         if key not in base:
             raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys here: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict) and isinstance(value, dict) and key != "options":
+        if isinstance(base[key], dict) and key != "options":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key}: expected a mapping of keys, got {value!r}")
             _merge(base[key], value, f"{prefix}{key}.")
         else:
             base[key] = value
@@ -363,7 +381,12 @@ def validate(cfg: Config) -> None:
     _check(t.group_size >= 1, "train.group_size must be >= 1")
     _check(t.minibatch_size >= 0 and t.microbatch_size >= 0, "train.minibatch_size and train.microbatch_size must be >= 0")
     _check(cfg.optim.lr > 0, "optim.lr must be > 0")
+    _check(cfg.model.lora_rank >= 0, "model.lora_rank must be >= 0 (0 turns LoRA off)")
     _check(cfg.log.wandb_mode in ("offline", "online"), "log.wandb_mode must be offline or online")
+    _check(t.on_bad_reward in ("error", "skip"), "train.on_bad_reward must be error or skip")
+    _check(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
+    _check(t.checkpoint_every >= 0 and t.keep_checkpoints >= 1,
+           "train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1")
     _check(t.output_dir.strip() != "", "train.output_dir must name a directory (e.g. runs/my-run)")
     from tokrl.tasks import TASKS
     _check(cfg.task.name in TASKS, f"task.name: {cfg.task.name!r} is not one of {', '.join(sorted(TASKS))}")

@@ -131,33 +131,73 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingC
     return {"tokens": tokens[:, :T], "lengths": lengths, "logprobs": logprobs[:, :T], "entropy": entropies[:, :T]}
 
 
-def score(task: Task, examples: list[Example], tokens: Tensor, lengths: Tensor, texts: list[str]) -> Tensor:
-    """Per-token rewards (N, T) float32 from the task: its causal token rewards plus
-    its sequence reward on each completion's last token."""
+def score(task: Task, examples: list[Example], tokens: Tensor, lengths: Tensor, texts: list[str],
+          skip_bad: bool = False) -> tuple[Tensor, Tensor]:
+    """Per-token rewards from the task: its causal token rewards plus its sequence
+    reward on each completion's last token.
+
+    returns rewards (N, T) float32 and bad (N,) bool: rows with a non-finite reward.
+    A non-finite reward is an error naming the task and the completion, unless
+    ``skip_bad``: then the row's rewards are zeroed and flagged for the caller to drop.
+    """
     N, T = tokens.shape
     rewards = torch.zeros(N, T)
     ids = [tokens[i, : lengths[i]].tolist() for i in range(N)]
-    dense = task.token_rewards(examples, ids)
+    dense = _call(task, "token_rewards", examples, ids)
     if dense is not None:
+        _check_numbers(task, "token_rewards", dense, N, nested=True)
         for i, r in enumerate(dense):
             if len(r) != len(ids[i]):
                 raise ValueError(f"task {task.name} gave {len(r)} token rewards for a completion of {len(ids[i])} tokens")
             rewards[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
-    final = task.sequence_rewards(examples, texts)
+    final = _call(task, "sequence_rewards", examples, texts)
     if final is not None:
-        if len(final) != N:
-            raise ValueError(f"task {task.name} gave {len(final)} sequence rewards for {N} completions")
+        _check_numbers(task, "sequence_rewards", final, N, nested=False)
         last = (lengths - 1).clamp(min=0)
-        rewards[torch.arange(N), last] += torch.tensor(final, dtype=torch.float32)
-    if not torch.isfinite(rewards).all():
-        bad = int((~torch.isfinite(rewards)).any(dim=1).nonzero()[0])
-        raise ValueError(f"task {task.name} gave a non-finite reward for completion {texts[bad]!r}")
-    return rewards
+        rewards[torch.arange(N), last] += torch.tensor([float(x) for x in final], dtype=torch.float32)
+    bad = ~torch.isfinite(rewards).all(dim=1)                              # (N,)
+    if bool(bad.any()):
+        if not skip_bad:
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"task {task.name} gave a non-finite reward for completion {i} ({texts[i]!r}); "
+                             "fix the reward, or set train.on_bad_reward=skip to drop such samples")
+        rewards[bad] = 0.0
+    return rewards, bad
+
+
+def _check_numbers(task: Task, method: str, values, n: int, nested: bool) -> None:
+    """``values`` must be a list of n numbers (or, nested, of n lists of numbers)."""
+    def is_number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"task {task.name}: {method} returned {type(values).__name__}, expected a list of {n}")
+    if len(values) != n:
+        raise ValueError(f"task {task.name}: {method} returned {len(values)} values for {n} completions")
+    for row in values:
+        items = row if nested else [row]
+        if nested and not isinstance(row, (list, tuple)):
+            raise ValueError(f"task {task.name}: {method} returned {row!r} where a list of numbers belongs")
+        for x in items:
+            if not is_number(x):
+                raise ValueError(f"task {task.name}: {method} returned {x!r}, which is not a number")
+
+
+def _call(task: Task, method: str, *args):
+    try:
+        return getattr(task, method)(*args)
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as e:
+        raise ValueError(f"task {task.name}: {method} raised {type(e).__name__}: {e}") from None
 
 
 def rollout(model, tokenizer, task: Task, examples: list[Example], group_size: int, sampling: SamplingConfig,
-            generator: torch.Generator | None = None, chat_template: bool = False, autocast=None) -> Rollout:
-    """Sample G completions for each of B examples and score them: a Rollout of N = B*G rows."""
+            generator: torch.Generator | None = None, chat_template: bool = False, autocast=None,
+            skip_bad_rewards: bool = False) -> Rollout:
+    """Sample G completions for each of B examples and score them: a Rollout of N = B*G rows.
+
+    With ``skip_bad_rewards`` a row whose reward is not finite keeps zero rewards and an
+    all-zero mask, so it takes no part in the loss.
+    """
     prompt_ids, prompt_mask = encode_batch(
         tokenizer, examples, group_size, chat_template,
         max_prompt_tokens=_context_room(model, sampling.max_new_tokens))
@@ -167,10 +207,11 @@ def rollout(model, tokenizer, task: Task, examples: list[Example], group_size: i
                    caps, generator, autocast)
     tokens, lengths = out["tokens"], out["lengths"]
     texts = tokenizer.batch_decode([tokens[i, : lengths[i]] for i in range(len(rows))], skip_special_tokens=True)
-    mask = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).float()
+    rewards, bad = score(task, rows, tokens, lengths, texts, skip_bad_rewards)
+    mask = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).float() * (~bad).float()[:, None]
     return Rollout(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=tokens, lengths=lengths, mask=mask,
-        logprobs=out["logprobs"], entropy=out["entropy"], rewards=score(task, rows, tokens, lengths, texts),
+        logprobs=out["logprobs"], entropy=out["entropy"], rewards=rewards,
         group_size=group_size, prompt_index=torch.arange(len(examples)).repeat_interleave(group_size),
         texts=texts, examples=rows,
     )

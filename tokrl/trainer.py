@@ -6,7 +6,6 @@ in `TrainState` (model, optimizer, baselines, sampler, generators).
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -22,11 +21,13 @@ from tokrl import losses
 from tokrl.advantages import MovingAverage, explained_variance, whiten
 from tokrl.algorithms import CLIPPED_LOSSES, ESTIMATORS, POLICY_LOSSES, uses_critic
 from tokrl.buffer import ExperienceBuffer
+from tokrl.checkpoint import fault_point
 from tokrl.config import Config, SamplingConfig
+from tokrl.errors import TrainingError
 from tokrl.evaluate import evaluate
 from tokrl.kl import AdaptiveKL, FixedKL
-from tokrl.metrics import MetricsWriter
-from tokrl.models import ValueHead, autocast, load_policy, save_policy
+from tokrl.metrics import MetricsWriter, check_sinks
+from tokrl.models import Reference, ValueHead, autocast, load_policy, save_policy
 from tokrl.rollout import process_logits, rollout
 from tokrl.tasks import PromptSampler, Task, build_task
 from tokrl.types import Rollout
@@ -54,8 +55,10 @@ class TrainState:
     rollout_generator: torch.Generator
     shuffle_generator: torch.Generator
     kl_coef: FixedKL | AdaptiveKL
-    reference: torch.nn.Module | None = None
+    reference: Reference | None = None
     step: int = 0
+    bad_steps: int = 0
+    """consecutive updates skipped for a non-finite loss or gradient"""
 
     def parameters(self) -> list[Tensor]:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -73,9 +76,7 @@ def build_state(cfg: Config) -> TrainState:
     k = cfg.kl
     kl_coef = FixedKL(k.coef) if k.target is None else AdaptiveKL(k.coef, k.target, k.horizon)
     # the reference is the frozen initial policy; with beta 0 it is never built or run
-    reference = None
-    if k.coef > 0:
-        reference = copy.deepcopy(model).requires_grad_(False)
+    reference = Reference(model) if k.coef > 0 else None
     params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -128,7 +129,8 @@ def add_reference(state: TrainState, batch: Rollout, cfg: Config, sampling: Samp
 
     returns the batch's KL in nats per sequence (sum of k1 over tokens, mean over rows).
     """
-    logits, _ = forward(state.reference, None, batch, cfg.model.dtype)
+    with state.reference.disabled_adapters():
+        logits, _ = forward(state.reference.model, None, batch, cfg.model.dtype)
     ref = losses.token_logprobs(process_logits(logits, sampling), batch.tokens) * batch.mask
     batch.ref_logprobs = ref
     if cfg.kl.in_reward:
@@ -191,14 +193,27 @@ def update(state: TrainState, cfg: Config, sampling: SamplingConfig) -> dict[str
             state.optimizer.zero_grad(set_to_none=True)
             size = t.microbatch_size or mb.num_sequences
             step_stats: dict[str, float] = {}
+            finite = True
             for start in range(0, mb.num_sequences, size):
                 micro = mb.select(torch.arange(start, min(start + size, mb.num_sequences)))
                 loss, stats = microbatch_loss(state, micro, cfg, sampling, num_tokens, num_seqs)
+                finite &= bool(torch.isfinite(loss))
                 loss.backward()
                 for k, v in stats.items():
                     step_stats[k] = step_stats.get(k, 0.0) + v
+            fault_point("update", state.step)
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or math.inf)
-            state.optimizer.step()
+            if finite and bool(torch.isfinite(norm)):
+                state.optimizer.step()
+                state.bad_steps = 0
+            else:
+                # a NaN or inf anywhere would poison the weights and Adam's moments: skip
+                state.optimizer.zero_grad(set_to_none=True)
+                state.bad_steps += 1
+                step_stats["optim/skipped"] = 1.0
+                if state.bad_steps >= cfg.train.max_bad_steps:
+                    raise TrainingError(f"{state.bad_steps} updates in a row had a non-finite loss or gradient; "
+                                        "lower optim.lr or check the rewards (train.max_bad_steps stops here)")
             step_stats["optim/grad_norm"] = float(norm)
             for k, v in step_stats.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -217,7 +232,9 @@ def collect(state: TrainState, cfg: Config) -> tuple[Rollout, dict[str, float]]:
     examples = state.sampler.sample(cfg.train.prompts_per_step)
     with torch.no_grad():
         batch = rollout(state.model, state.tokenizer, state.task, examples, cfg.train.group_size, sampling,
-                        state.rollout_generator, cfg.model.chat_template, autocast(cfg.model.dtype))
+                        state.rollout_generator, cfg.model.chat_template, autocast(cfg.model.dtype),
+                        skip_bad_rewards=cfg.train.on_bad_reward == "skip")
+    fault_point("rollout", state.step)
     t_rollout = time.perf_counter() - t0
     task_scores = batch.scores                             # before any KL penalty
     add_values(state, batch, cfg.model.dtype)
@@ -233,13 +250,14 @@ def collect(state: TrainState, cfg: Config) -> tuple[Rollout, dict[str, float]]:
     state.buffer.add(batch, state.step)
 
     mask = batch.mask
-    n_tokens = float(mask.sum())
+    n_tokens = max(float(mask.sum()), 1.0)
     metrics = {
         "reward/mean": float(task_scores.mean()),
         "reward/std": float(task_scores.std()) if batch.num_sequences > 1 else 0.0,
         "policy/entropy": float((batch.entropy * mask).sum() / n_tokens),
         "completion/length": float(batch.lengths.float().mean()),
         "completion/tokens": n_tokens,
+        "reward/dropped": float(((batch.mask.sum(dim=1) == 0) & (batch.lengths > 0)).sum()),
         "advantage/mean": float((advantages * mask).sum() / n_tokens),
         "kl/ref_per_seq": kl_seq,
         "kl/coef": state.kl_coef.value,
@@ -267,48 +285,96 @@ def train_step(state: TrainState, cfg: Config) -> tuple[dict[str, float], Rollou
 
 
 def train(cfg: Config, run_dir: Path, progress: Callable[[dict[str, float]], None] | None = None,
-          on_start: Callable[[], None] | None = None) -> dict[str, Any]:
+          on_start: Callable[[], None] | None = None, resume: bool = False) -> dict[str, Any]:
     """Train until max_steps or until the moving-average reward reaches target_reward.
 
-    Writes metrics.jsonl, samples.jsonl, eval.jsonl and (save_model) model/ into run_dir.
-    ``on_start`` runs once the model and task have loaded and the first evaluation has
-    run, before anything is written.
+    Writes metrics.jsonl, samples.jsonl, eval.jsonl, eval_samples.jsonl, checkpoints/
+    and (save_model) model/ into run_dir. ``on_start`` runs once the model and task have
+    loaded and the first evaluation has run, before anything is written. With
+    ``resume`` the run continues from the newest complete checkpoint in run_dir, and
+    ends with the weights an uninterrupted run would have.
     Returns {"steps", "eval_before", "eval_after", "stopped_early", "state"}.
     """
+    import yaml
+
+    from tokrl.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint
+    from tokrl.config import to_dict
+
+    check_sinks(cfg.log)             # a missing wandb fails before anything is written
     state = build_state(cfg)
     eval_sampling = SamplingConfig(cfg.sampling.max_new_tokens, temperature=0.0)
     test = state.task.examples("test")[: cfg.train.eval_samples]
+    config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
     def run_eval() -> tuple[dict[str, float], list[dict]]:
         return evaluate(state.model, state.tokenizer, state.task, test, eval_sampling,
                         cfg.model.chat_template, autocast(cfg.model.dtype))
 
-    before, before_samples = run_eval()
-    # only now has every part loaded and run once: bad input has written nothing
-    if on_start is not None:
-        on_start()
-    writer = MetricsWriter(run_dir)
-    writer.write_eval(0, before, before_samples)
+    if resume:
+        checkpoints = complete_checkpoints(run_dir)
+        if not checkpoints:
+            raise ValueError(f"{run_dir} has no complete checkpoint to resume from; start it again without --resume")
+        load_checkpoint(checkpoints[-1], state)
+        # drop what the crashed process logged after its last checkpoint
+        before = truncate_logs(run_dir, state.step)
+        writer = MetricsWriter(run_dir, cfg.log, to_dict(cfg), resume_step=state.step)
+    else:
+        before, before_samples = run_eval()
+        # only now has every part loaded and run once: bad input has written nothing
+        if on_start is not None:
+            on_start()
+        writer = MetricsWriter(run_dir, cfg.log, to_dict(cfg))
+        writer.write_eval(0, before, before_samples)
     stopped_early = False
-    while state.step < cfg.train.max_steps:
+    t = cfg.train
+    while state.step < t.max_steps and not stopped_early:
         metrics, batch = train_step(state, cfg)
-        every = cfg.train.eval_every
-        if every and state.step % every == 0 and state.step < cfg.train.max_steps:
+        if t.eval_every and state.step % t.eval_every == 0 and state.step < t.max_steps:
             mid, mid_samples = run_eval()
             writer.write_eval(state.step, mid, mid_samples)
             metrics.update({f"eval/{k}": v for k, v in mid.items()})
         writer.write_metrics(metrics)
-        writer.write_samples(state.step, batch, cfg.train.log_samples, state.tokenizer)
+        writer.write_samples(state.step, batch, t.log_samples, state.tokenizer)
         if progress is not None:
             progress(metrics)
-        target = cfg.train.target_reward
-        if target is not None and state.reward_avg.value >= target:
-            stopped_early = True
-            break
+        stopped_early = t.target_reward is not None and state.reward_avg.value >= t.target_reward
+        if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step < t.max_steps:
+            save_checkpoint(run_dir, state, config_yaml, t.keep_checkpoints)
+    if not complete_checkpoints(run_dir) or complete_checkpoints(run_dir)[-1].name != f"step-{state.step:08d}":
+        save_checkpoint(run_dir, state, config_yaml, t.keep_checkpoints)
     after, after_samples = run_eval()
     writer.write_eval(state.step, after, after_samples)
-    if cfg.train.save_model:
+    if t.save_model:
         save_policy(state.model, state.tokenizer, run_dir / "model")
     writer.close()
+    if cfg.log.report:
+        from tokrl.report import write_report
+
+        write_report(run_dir)
     return {"steps": state.step, "eval_before": before, "eval_after": after, "stopped_early": stopped_early,
             "state": state}
+
+
+def truncate_logs(run_dir: Path, step: int) -> dict[str, float]:
+    """Drop log records of steps after ``step`` (and any final evaluation at ``step``);
+    returns the evaluation before training (the step-0 line of eval.jsonl)."""
+    import json
+
+    before: dict[str, float] = {}
+    for name in ("metrics", "samples", "eval", "eval_samples"):
+        path = run_dir / f"{name}.jsonl"
+        if not path.is_file():
+            continue
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:          # a line cut short by the crash
+                continue
+            limit = step if name in ("metrics", "samples") else step - 1
+            if record.get("step", 0) <= limit or record.get("step", 0) == 0:
+                keep.append(line)
+                if name == "eval" and record.get("step") == 0:
+                    before = {k: v for k, v in record.items() if k != "step"}
+        path.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+    return before

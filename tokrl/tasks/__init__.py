@@ -2,10 +2,11 @@
 
 import inspect
 
+from tokrl.tasks.arithmetic import Arithmetic
 from tokrl.tasks.base import Example, PromptSampler, Task
 from tokrl.tasks.target_match import TargetMatch
 
-TASKS: dict[str, type[Task]] = {"target_match": TargetMatch}
+TASKS: dict[str, type[Task]] = {"arithmetic": Arithmetic, "target_match": TargetMatch}
 
 
 def build_task(name: str, tokenizer, **options) -> Task:
@@ -14,8 +15,9 @@ def build_task(name: str, tokenizer, **options) -> Task:
         raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
     params = inspect.signature(TASKS[name]).parameters
     valid = [p for p in params if p != "tokenizer"]
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     for key in options:
-        if key not in valid:
+        if key not in valid and not open_ended:
             raise ValueError(f"unknown option {key!r} for task {name} (task.options); valid: {', '.join(valid)}")
     try:
         return TASKS[name](tokenizer, **options)
@@ -23,4 +25,4 @@ def build_task(name: str, tokenizer, **options) -> Task:
         raise ValueError(f"task {name}: bad task.options ({e})") from None
 
 
-__all__ = ["Example", "PromptSampler", "Task", "TargetMatch", "TASKS", "build_task"]
+__all__ = ["Arithmetic", "Example", "PromptSampler", "Task", "TargetMatch", "TASKS", "build_task"]

@@ -1,0 +1,442 @@
+"""The run report: one HTML page and a PNG of curves, built from a run directory.
+
+``write_report(run_dir)`` reads only the files a run leaves behind (config.yaml,
+metrics.jsonl, eval.jsonl, eval_samples.jsonl, samples.jsonl; see
+``tokrl.metrics`` for their records) and writes next to them:
+
+- report-curves.png: reward, held-out metric, KL to the reference, entropy,
+  completion length and tokens/s over steps (raw values faint, a moving average
+  on top); a quantity the run did not log is left out and the page says so;
+- report.html: the run's key facts, the curves, held-out completions before and
+  after training side by side, and a token-level heatmap that colours each
+  generated token of a few early and late training samples by its advantage,
+  with its per-token reward in a strip underneath.
+
+The page is self-contained: inline CSS, the PNG by relative path, no JavaScript,
+nothing fetched from the network. Any file or key may be missing (a crashed run,
+a recipe without KL); the report shows what is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tokrl.plots import plan_panels, series, write_curves
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "eval_samples.jsonl", "samples.jsonl")
+CURVES_PNG = "report-curves.png"
+MAX_TABLE_ROWS = 16
+"""held-out prompts shown in the before/after table"""
+SAMPLES_PER_SNAPSHOT = 4
+"""training samples shown per snapshot (early, middle, late) of the heatmap"""
+ADVANTAGE_CMAP = "RdBu"      # red: made less likely, blue: made more likely
+REWARD_CMAP = "PiYG"         # pink: penalty, green: reward
+
+
+# ---------------------------------------------------------------------- reading
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; [] when it is missing. A torn line (a run
+    killed mid-write) is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    if not run_dir.exists():
+        raise ValueError(f"run directory {run_dir} does not exist; pass the train.output_dir of a run")
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is a file; pass a run directory (the train.output_dir of a run)")
+    if not any((run_dir / name).is_file() for name in RUN_FILES):
+        raise ValueError(f"{run_dir} is not a tokrl run directory (no config.yaml or metrics.jsonl); "
+                         "pass the train.output_dir of a run")
+
+
+# ---------------------------------------------------------------------- numbers
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    """``x`` with ``digits`` decimals; tiny numbers in scientific notation when digits >= 3
+    (a KL of 2e-5 is news; a score of 2e-9 is 0.00)."""
+    if x is None or not math.isfinite(x):
+        return "—"
+    if digits >= 3 and x != 0 and abs(x) < 10 ** -digits:
+        return f"{x:.1e}"
+    if round(x, digits) == 0:
+        x = 0.0                                   # never "-0.00"
+    return f"{x:.{digits}f}"
+
+
+def _signed(x: float, digits: int = 3) -> str:
+    return ("+" if x > 0 else "") + _fmt(x, digits)
+
+
+# ------------------------------------------------------------------------- HTML
+
+def _colour(value: float | None, scale: float, cmap) -> tuple[str, str]:
+    """(background, text) colours of ``value`` on a diverging map spanning ±scale."""
+    t = 0.5                                                      # the neutral middle of the map
+    if value is not None and scale > 0 and math.isfinite(value):
+        t = 0.5 + 0.5 * max(-1.0, min(1.0, value / scale))
+    r, g, b, _ = cmap(t)
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}", "#0f172a" if luminance > 0.55 else "#ffffff"
+
+
+def _gradient(cmap) -> str:
+    stops = ", ".join(_colour(x, 1.0, cmap)[0] for x in (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0))
+    return f"linear-gradient(90deg, {stops})"
+
+
+def _show(text: str) -> str:
+    """Escaped token or completion text with invisible characters made visible."""
+    text = text.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+    return html.escape(text) if text else '<span class="muted">∅</span>'
+
+
+def _facts(run_dir: Path, config: dict, metrics: list[dict], evals: list[dict]) -> list[tuple[str, str, str]]:
+    """(label, value, detail) of the header cards."""
+    model = (config.get("model") or {}).get("name", "—")
+    task = config.get("task") or {}
+    options = ", ".join(f"{k}={v}" for k, v in (task.get("options") or {}).items())
+    algo, kl = config.get("algo") or {}, config.get("kl") or {}
+    parts = [str(algo.get("estimator", "—"))]
+    if algo.get("estimator") == "reinforce":
+        parts.append(f"{algo.get('baseline')} baseline")
+    if algo.get("policy_loss"):
+        parts.append(f"{algo['policy_loss']} loss")
+    kl_text = "no KL"
+    if isinstance(kl.get("coef"), (int, float)) and kl["coef"] > 0:
+        where = "in reward" if kl.get("in_reward", True) else "in loss"
+        kl_text = f"{kl.get('kind', 'k1')} KL {where}, β={kl['coef']:g}" + (" (adaptive)" if kl.get("target") else "")
+    max_steps = (config.get("train") or {}).get("max_steps")
+    steps = max((int(m["step"]) for m in metrics if "step" in m), default=0)
+    steps_detail = ""
+    if isinstance(max_steps, int):
+        steps_detail = f"of max {max_steps}" + (" · stopped early" if steps < max_steps else "")
+    facts = [("Model", html.escape(str(model)), ""),
+             ("Task", html.escape(str(task.get("name", "—"))), html.escape(options)),
+             ("Recipe", html.escape(" · ".join(parts)), html.escape(kl_text)),
+             ("Steps", str(steps), html.escape(steps_detail))]
+    if evals:
+        first, last = evals[0], evals[-1]
+        arrow = f"{_fmt(first.get('reward'), 2)} → <b>{_fmt(last.get('reward'), 2)}</b>"
+        detail = f"steps {first.get('step')} → {last.get('step')}"
+        if "solved" in first and "solved" in last:
+            detail = f"solved {first['solved']:.0%} → {last['solved']:.0%} · n={last.get('n', '?')}"
+        facts.append(("Held-out reward", arrow, html.escape(detail)))
+    _, speed = series(metrics, "time/tokens_per_s")
+    seconds = sum(series(metrics, "time/collect_s")[1]) + sum(series(metrics, "time/update_s")[1])
+    if speed:
+        median = sorted(speed)[len(speed) // 2]
+        facts.append(("Throughput", f"{median:,.0f} tok/s", f"median · {seconds:,.0f} s training"))
+    return facts
+
+
+def _score(record: dict) -> float:
+    s = record.get("score")
+    return float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else math.nan
+
+
+def _pairs(eval_samples: list[dict], first: int, last: int) -> list[tuple[dict, dict]]:
+    """(record at ``first``, record at ``last``) for each prompt of the first evaluation,
+    in its order; a prompt that occurs twice pairs its occurrences in order."""
+    after: dict[str, list[dict]] = {}
+    for r in eval_samples:
+        if r.get("step") == last:
+            after.setdefault(str(r.get("prompt")), []).append(r)
+    return [(r, after[str(r.get("prompt"))].pop(0)) for r in eval_samples
+            if r.get("step") == first and after.get(str(r.get("prompt")))]
+
+
+def _before_after(eval_samples: list[dict]) -> str:
+    """The held-out table: the first and the last evaluation's completions, paired by prompt."""
+    steps = sorted({r["step"] for r in eval_samples if isinstance(r.get("step"), int)})
+    if not steps:
+        return '<p class="note">No held-out completions (eval_samples.jsonl is missing or empty).</p>'
+    if len(steps) == 1:
+        return '<p class="note">Only one evaluation in eval_samples.jsonl: there is no before/after to compare.</p>'
+    first, last = steps[0], steps[-1]
+    pairs = _pairs(eval_samples, first, last)
+    deltas = [_score(b) - _score(a) for a, b in pairs]
+    better, worse = sum(d > 1e-9 for d in deltas), sum(d < -1e-9 for d in deltas)
+    rows = []
+    for (a, b), d in list(zip(pairs, deltas))[:MAX_TABLE_ROWS]:
+        cls = "up" if d > 1e-9 else "down" if d < -1e-9 else "same"
+        rows.append(f'<tr class="pair {cls}"><td class="mono prompt">{_show(str(a.get("prompt", "")))}</td>'
+                    f'<td class="mono">{_show(str(a.get("completion", "")))}</td>'
+                    f'<td class="num">{_fmt(_score(a), 2)}</td>'
+                    f'<td class="mono">{_show(str(b.get("completion", "")))}</td>'
+                    f'<td class="num"><span class="pill {cls}">{_fmt(_score(b), 2)}</span></td></tr>')
+    summary = (f"{len(pairs)} held-out prompts, greedy decoding, step {first} → step {last}: "
+               f'<span class="up-text">{better} better</span>, {len(pairs) - better - worse} unchanged, '
+               f'<span class="down-text">{worse} worse</span>.'
+               + (f" The first {MAX_TABLE_ROWS} are shown." if len(pairs) > MAX_TABLE_ROWS else ""))
+    head = (f'<tr><th>prompt</th><th>before (step {first})</th><th class="num">score</th>'
+            f'<th>after (step {last})</th><th class="num">score</th></tr>')
+    return (f'<p class="note">{summary}</p><table class="pairs"><thead>{head}</thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _snapshots(samples: list[dict]) -> list[tuple[str, int, list[dict]]]:
+    """(label, step, samples) for the first, a middle and the last logged step."""
+    by_step: dict[int, list[dict]] = {}
+    for s in samples:
+        if isinstance(s.get("step"), int) and isinstance(s.get("token_texts"), list):
+            by_step.setdefault(s["step"], []).append(s)
+    steps = sorted(by_step)
+    if not steps:
+        return []
+    picks = [("Early", steps[0]), ("Middle", steps[len(steps) // 2]), ("Late", steps[-1])]
+    out, seen = [], set()
+    for label, step in picks:
+        if step not in seen:
+            seen.add(step)
+            out.append((label, step, by_step[step][:SAMPLES_PER_SNAPSHOT]))
+    return out
+
+
+def _numbers(values: Any) -> list[float | None]:
+    """A per-token list from samples.jsonl with anything that is not a number as None."""
+    if not isinstance(values, list):
+        return []
+    return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None for v in values]
+
+
+def _max_abs(lists: list[list[float | None]]) -> float:
+    return max((abs(x) for values in lists for x in values if x is not None and math.isfinite(x)), default=0.0)
+
+
+def _sample_row(sample: dict, adv_scale: float, rew_scale: float | None, adv_cmap, rew_cmap) -> str:
+    """One training completion: its prompt, a coloured span per token, its score.
+
+    Each token's background is its advantage on ±adv_scale; with rew_scale, a strip
+    under it shows its reward on ±rew_scale. The title (tooltip) has the numbers.
+    """
+    advs, rews = _numbers(sample.get("advantages")), _numbers(sample.get("rewards"))
+    cells = []
+    for t, text in enumerate(sample["token_texts"]):
+        a = advs[t] if t < len(advs) else None
+        r = rews[t] if t < len(rews) else None
+        bg, fg = _colour(a, adv_scale, adv_cmap) if a is not None else ("#f1f5f9", "#0f172a")
+        title = (f"token {t}: {str(text)!r}" + (f" · advantage {_signed(a, 4)}" if a is not None else "")
+                 + (f" · reward {_signed(r, 4)}" if r is not None else ""))
+        strip = ""
+        if rew_scale is not None:
+            strip_bg = _colour(r, rew_scale, rew_cmap)[0] if r is not None else "transparent"
+            strip = f'<span class="rw" style="background:{strip_bg}"></span>'
+        cells.append(f'<span class="cell" title="{html.escape(title)}"><span class="tok" '
+                     f'style="background:{bg};color:{fg}">{_show(str(text))}</span>{strip}</span>')
+    return (f'<div class="sample"><span class="mono prompt">{_show(str(sample.get("prompt", "")))}</span>'
+            f'<span class="tokens">{"".join(cells)}</span>'
+            f'<span class="score">score {_fmt(_score(sample), 2)}</span></div>')
+
+
+def _legend(adv_cmap, rew_cmap, rew_scale: float | None) -> str:
+    legend = (f'<div class="legend"><div><span class="name">token: advantage A<sub>t</sub></span>'
+              f'<span class="bar" style="background:{_gradient(adv_cmap)}"></span>'
+              '<span class="ends"><span>− made less likely</span><span>0</span>'
+              '<span>made more likely +</span></span></div>')
+    if rew_scale is not None:
+        legend += (f'<div><span class="name">strip: reward r<sub>t</sub></span>'
+                   f'<span class="bar thin" style="background:{_gradient(rew_cmap)}"></span>'
+                   f'<span class="ends"><span>−{_fmt(rew_scale, 2)}</span><span>0</span>'
+                   f'<span>+{_fmt(rew_scale, 2)}</span></span></div>')
+    return legend + "</div>"
+
+
+def _heatmap(samples: list[dict]) -> str:
+    """Training samples as rows of coloured token spans, one block per snapshot.
+
+    Advantages use one colour scale per block (their size changes a lot during
+    training; the block header states it), rewards one scale for the whole page.
+    """
+    from matplotlib import colormaps
+
+    snapshots = _snapshots(samples)
+    if not snapshots:
+        return '<p class="note">No training samples with per-token data (samples.jsonl is missing or empty).</p>'
+    adv_cmap, rew_cmap = colormaps[ADVANTAGE_CMAP], colormaps[REWARD_CMAP]
+    shown = [s for _, _, group in snapshots for s in group]
+    has_adv = any(_numbers(s.get("advantages")) for s in shown)
+    has_rew = any(_numbers(s.get("rewards")) for s in shown)
+    rew_scale = _max_abs([_numbers(s.get("rewards")) for s in shown]) if has_rew else None
+    blocks = []
+    for label, step, group in snapshots:
+        adv_scale = _max_abs([_numbers(s.get("advantages")) for s in group])
+        rows = "".join(_sample_row(s, adv_scale, rew_scale, adv_cmap, rew_cmap) for s in group)
+        scale = f"colour scale ±{_fmt(adv_scale, 3)}" if has_adv else "no advantages logged"
+        blocks.append(f'<div class="snapshot"><h3>{label} <span class="muted">· step {step} · {scale}</span></h3>'
+                      f'{rows}</div>')
+    note = "" if has_adv else '<p class="note">This run logged no advantages; tokens are uncoloured.</p>'
+    return _legend(adv_cmap, rew_cmap, rew_scale) + note + "".join(blocks)
+
+
+CSS = """
+:root { --ink:#0f172a; --soft:#475569; --faint:#94a3b8; --line:#e2e8f0; --bg:#f8fafc; --accent:#2563eb; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--ink);
+  font: 15px/1.55 -apple-system, BlinkMacSystemFont, "Segoe UI", Inter, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 32px 28px 56px; }
+header h1 { font-size: 26px; margin: 0 0 2px; letter-spacing: -0.01em; }
+header .sub { color: var(--soft); margin: 0 0 22px; }
+.facts { display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 12px; }
+.fact { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 12px 14px; min-width: 0; }
+.fact .label { font-size: 11px; text-transform: uppercase; letter-spacing: .06em; color: var(--faint); }
+.fact .value { font-size: 17px; font-weight: 600; overflow-wrap: anywhere; }
+.fact .detail { font-size: 12.5px; color: var(--soft); overflow-wrap: anywhere; }
+section { background: #fff; border: 1px solid var(--line); border-radius: 12px; padding: 20px 22px; margin-top: 22px; }
+section h2 { font-size: 18px; margin: 0 0 4px; }
+section > p.lead { color: var(--soft); margin: 0 0 14px; max-width: 80ch; }
+img.curves { width: 100%; height: auto; display: block; }
+.note { color: var(--soft); font-size: 13.5px; }
+.muted { color: var(--faint); font-weight: 400; }
+.mono { font-family: ui-monospace, "SF Mono", Menlo, Consolas, "DejaVu Sans Mono", monospace; font-size: 13.5px;
+  white-space: pre-wrap; overflow-wrap: anywhere; }
+table.pairs { border-collapse: collapse; width: 100%; font-size: 14px; }
+table.pairs th { text-align: left; font-size: 11.5px; text-transform: uppercase; letter-spacing: .05em;
+  color: var(--faint); font-weight: 600; border-bottom: 1px solid var(--line); padding: 6px 10px; }
+table.pairs td { border-bottom: 1px solid #f1f5f9; padding: 6px 10px; vertical-align: top; }
+table.pairs td.prompt { color: var(--soft); }
+table.pairs .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.pill { display: inline-block; min-width: 3.2em; text-align: center; border-radius: 999px; padding: 0 8px; }
+.pill.up { background: #dcfce7; color: #166534; } .pill.down { background: #fee2e2; color: #991b1b; }
+.pill.same { background: #f1f5f9; color: var(--soft); }
+.up-text { color: #15803d; font-weight: 600; } .down-text { color: #b91c1c; font-weight: 600; }
+.legend { display: flex; flex-wrap: wrap; gap: 12px 40px; margin: 6px 0 12px; font-size: 12px; color: var(--soft); }
+.legend .name { display: block; font-weight: 600; color: var(--ink); font-size: 12.5px; }
+.legend .bar { display: block; width: 340px; height: 12px; border-radius: 3px; border: 1px solid var(--line); margin: 3px 0; }
+.legend .bar.thin { height: 6px; margin: 6px 0 5px; }
+.legend .ends { display: flex; justify-content: space-between; width: 340px; white-space: nowrap; }
+.snapshot { margin-top: 14px; }
+.snapshot h3 { font-size: 14px; margin: 0 0 6px; }
+.sample { display: flex; align-items: flex-start; gap: 12px; padding: 5px 0; border-bottom: 1px dashed #f1f5f9; }
+.sample .prompt { color: var(--faint); flex: 0 0 auto; min-width: 6em; max-width: 32%; padding-top: 3px; }
+.sample .tokens { flex: 0 1 auto; line-height: 1.2; }
+.sample .score { flex: 0 0 auto; font-size: 12.5px; color: var(--soft); padding-top: 4px;
+  font-variant-numeric: tabular-nums; }
+.cell { display: inline-flex; flex-direction: column; margin: 0 1px 4px 0; vertical-align: top; }
+.tok { font-family: ui-monospace, "SF Mono", Menlo, Consolas, "DejaVu Sans Mono", monospace; font-size: 15px;
+  white-space: pre; padding: 3px 5px; border-radius: 4px; min-width: 1.4em; text-align: center; }
+.rw { height: 5px; border-radius: 2px; margin: 2px 1px 0; }
+footer { color: var(--faint); font-size: 12.5px; margin-top: 26px; }
+"""
+
+
+def _page(run_dir: Path, config: dict, metrics: list[dict], evals: list[dict], eval_samples: list[dict],
+          samples: list[dict], curves: str | None, skipped: list[str]) -> str:
+    facts = "".join(f'<div class="fact"><div class="label">{label}</div><div class="value">{value}</div>'
+                    f'<div class="detail">{detail}</div></div>' for label, value, detail in _facts(
+                        run_dir, config, metrics, evals))
+    if curves:
+        plots = f'<img class="curves" src="{html.escape(curves)}" alt="training curves">'
+    else:
+        plots = '<p class="note">No per-step metrics to plot (metrics.jsonl is missing or empty).</p>'
+    if skipped:
+        plots += '<p class="note">Not plotted: ' + "; ".join(html.escape(s) for s in skipped) + ".</p>"
+    present = ", ".join(name for name in RUN_FILES if (run_dir / name).is_file()) or "none"
+    title = html.escape(run_dir.resolve().name)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>tokrl run report · {title}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<main>
+<header>
+<h1>Run report · {title}</h1>
+<p class="sub">Token-level reinforcement learning with tokrl · {html.escape(str(run_dir))}</p>
+<div class="facts">{facts}</div>
+</header>
+<section>
+<h2>Training curves</h2>
+<p class="lead">Faint lines are per-step values, solid lines their moving average; the held-out panel is
+greedy decoding on the task's test split at each evaluation.</p>
+{plots}
+</section>
+<section>
+<h2>Held-out completions, before and after</h2>
+<p class="lead">The same test prompts at the first and the last evaluation.</p>
+{_before_after(eval_samples)}
+</section>
+<section>
+<h2>Where credit went</h2>
+<p class="lead">Training completions from an early, a middle and a late step. Each generated token is coloured by
+its advantage A<sub>t</sub>, the weight the policy gradient puts on log&nbsp;π(y<sub>t</sub>): blue tokens were made
+more likely, red ones less likely (each block has its own colour scale). The strip under a token is its reward
+r<sub>t</sub>. Hover a token for the numbers.</p>
+{_heatmap(samples)}
+</section>
+<footer>Written by <code>tokrl report</code> from {html.escape(present)}.</footer>
+</main>
+</body>
+</html>
+"""
+
+
+# ------------------------------------------------------------------------- API
+
+def write_report(run_dir: Path) -> Path:
+    """Write report.html and report-curves.png into ``run_dir``; returns report.html's path.
+
+    Raises ValueError when ``run_dir`` is not a run directory.
+    """
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir)
+    config = _read_config(run_dir / "config.yaml")
+    metrics = _read_jsonl(run_dir / "metrics.jsonl")
+    evals = _read_jsonl(run_dir / "eval.jsonl")
+    eval_samples = _read_jsonl(run_dir / "eval_samples.jsonl")
+    samples = _read_jsonl(run_dir / "samples.jsonl")
+
+    panels, skipped = plan_panels(metrics, evals, config)
+    curves = None
+    if panels:
+        write_curves(run_dir / CURVES_PNG, metrics, evals, panels, skipped)
+        curves = CURVES_PNG
+    else:
+        (run_dir / CURVES_PNG).unlink(missing_ok=True)      # never leave a stale picture behind
+        skipped = []
+    path = run_dir / "report.html"
+    path.write_text(_page(run_dir, config, metrics, evals, eval_samples, samples, curves, skipped), encoding="utf-8")
+    return path
+
+
+def _command(args: argparse.Namespace) -> int:
+    print(write_report(Path(args.run_dir)))
+    return 0
+
+
+def add_command(subparsers) -> None:
+    """Register ``tokrl report RUN_DIR``."""
+    p = subparsers.add_parser("report", help="write report.html (curves, before/after, token heatmap) for a run")
+    p.add_argument("run_dir", help="a run directory (the train.output_dir of a run)")
+    p.set_defaults(func=_command)
