@@ -21,7 +21,7 @@ from tokrl.errors import TrainingError, UsageError
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 1
 
-PLUGINS: tuple[str, ...] = ("tokrl.report",)
+PLUGINS: tuple[str, ...] = ("tokrl.report", "tokrl.sft", "tokrl.reward_model")
 """Modules that add a subcommand: each defines ``add_command(subparsers)``, which
 registers a parser whose ``func`` default takes the parsed args and returns an exit code."""
 

@@ -208,6 +208,9 @@ def rollout(model, tokenizer, task: Task, examples: list[Example], group_size: i
     tokens, lengths = out["tokens"], out["lengths"]
     texts = tokenizer.batch_decode([tokens[i, : lengths[i]] for i in range(len(rows))], skip_special_tokens=True)
     rewards, bad = score(task, rows, tokens, lengths, texts, skip_bad_rewards)
+    scorable = task.last_scorable()
+    if scorable is not None:                     # no reward could score these: leave them out
+        bad |= ~torch.tensor(scorable, dtype=torch.bool)
     mask = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).float() * (~bad).float()[:, None]
     return Rollout(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, tokens=tokens, lengths=lengths, mask=mask,

@@ -236,6 +236,7 @@ def collect(state: TrainState, cfg: Config) -> tuple[Rollout, dict[str, float]]:
                         skip_bad_rewards=cfg.train.on_bad_reward == "skip")
     fault_point("rollout", state.step)
     t_rollout = time.perf_counter() - t0
+    reward_metrics = state.task.last_reward_components()   # each reward under its own name
     task_scores = batch.scores                             # before any KL penalty
     add_values(state, batch, cfg.model.dtype)
     kl_seq = add_reference(state, batch, cfg, sampling) if state.reference is not None else 0.0
@@ -258,6 +259,7 @@ def collect(state: TrainState, cfg: Config) -> tuple[Rollout, dict[str, float]]:
         "completion/length": float(batch.lengths.float().mean()),
         "completion/tokens": n_tokens,
         "reward/dropped": float(((batch.mask.sum(dim=1) == 0) & (batch.lengths > 0)).sum()),
+        **reward_metrics,
         "advantage/mean": float((advantages * mask).sum() / n_tokens),
         "kl/ref_per_seq": kl_seq,
         "kl/coef": state.kl_coef.value,

@@ -4,9 +4,10 @@ import inspect
 
 from tokrl.tasks.arithmetic import Arithmetic
 from tokrl.tasks.base import Example, PromptSampler, Task
+from tokrl.tasks.prompts import Prompts
 from tokrl.tasks.target_match import TargetMatch
 
-TASKS: dict[str, type[Task]] = {"arithmetic": Arithmetic, "target_match": TargetMatch}
+TASKS: dict[str, type[Task]] = {"arithmetic": Arithmetic, "prompts": Prompts, "target_match": TargetMatch}
 
 
 def build_task(name: str, tokenizer, **options) -> Task:
@@ -25,4 +26,4 @@ def build_task(name: str, tokenizer, **options) -> Task:
         raise ValueError(f"task {name}: bad task.options ({e})") from None
 
 
-__all__ = ["Arithmetic", "Example", "PromptSampler", "Task", "TargetMatch", "TASKS", "build_task"]
+__all__ = ["Arithmetic", "Example", "PromptSampler", "Prompts", "Task", "TargetMatch", "TASKS", "build_task"]

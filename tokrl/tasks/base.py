@@ -36,6 +36,16 @@ class Task:
         """Per decoded completion, one score paid at its last token; None if none."""
         return None
 
+    def last_reward_components(self) -> dict[str, float]:
+        """Metrics of the batch scored last, to log beside the total: e.g. each reward's
+        mean under its own name (``rewards/<name>``). {} for a task with one reward."""
+        return {}
+
+    def last_scorable(self) -> list[bool] | None:
+        """For the batch scored last, (N,): False where no reward could score the sample
+        (its reward was reported as 0.0). None when every sample was scorable."""
+        return None
+
 
 class PromptSampler:
     """Draws prompts without replacement, epoch after epoch, from a seeded shuffle.

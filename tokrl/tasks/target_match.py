@@ -1,6 +1,8 @@
 """target_match: the worked example of token-level RL.
 
-Given an input sequence, produce its target sequence. Token t earns
+Given an input sequence, produce its target sequence. The score of a (partial)
+completion is the fraction of target positions it matches, and tokens are paid by
+potential-based shaping of that score (``tokrl.rewards.shaping``): token t earns
 1/len(target) when it equals the target token at position t, so an episode's
 return is the fraction of positions matched; the episode ends at the target
 length. The target is the input transformed (copied, reversed, or each symbol
@@ -10,7 +12,9 @@ shifted to the next one in the alphabet).
 from __future__ import annotations
 
 import random
+from itertools import accumulate
 
+from tokrl.rewards.shaping import shape
 from tokrl.tasks.base import Example, Task
 
 TRANSFORMS = {
@@ -66,6 +70,9 @@ class TargetMatch(Task):
         out = []
         for ex, ids in zip(examples, completions):
             target = ex["target_ids"]
-            out.append([1.0 / len(target) if t < len(target) and tok == target[t] else 0.0
-                        for t, tok in enumerate(ids)])
+            # Φ(y_<=t) = matched positions among the first t tokens / len(target). The
+            # integer counts are shaped and then scaled, so each reward is exactly
+            # 1/len(target) or 0 (differences of k/n floats can be off in the last bit)
+            matched = accumulate(int(t < len(target) and tok == target[t]) for t, tok in enumerate(ids))
+            out.append([r / len(target) for r in shape(list(matched))])
         return out
