@@ -21,6 +21,19 @@ def _private_tokrl_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two
+    threads spin against each other (20x slower measured): tests run on one. A test of
+    the real model sets its own count; it is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama + character tokenizer saved as a Hugging Face model directory."""

@@ -43,19 +43,12 @@ RECIPE = ROOT / "configs" / "reinforce.yaml"
 
 @pytest.fixture(scope="module")
 def _quiet_and_fast():
-    """transformers' warnings off (stderr must hold only tokrl's line) and one torch thread.
-
-    On a busy 2-core machine two intra-op threads fight over the cores: a tiny training
-    step takes seconds with 2 threads and a fraction of a second with 1.
-    """
-    import torch
+    """transformers' warnings off: stderr must hold only tokrl's line."""
     from transformers.utils import logging as hf_logging
 
-    verbosity, threads = hf_logging.get_verbosity(), torch.get_num_threads()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(threads)
     hf_logging.set_verbosity(verbosity)
 
 

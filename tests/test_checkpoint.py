@@ -15,7 +15,7 @@ from tokrl.checkpoint import CheckpointError, complete_checkpoints, load_checkpo
 from tokrl.config import load_config
 from tokrl.errors import TrainingError
 from tokrl.tasks import TASKS, TargetMatch
-from tokrl.trainer import build_state, train, train_step
+from tokrl.trainer import build_state, train_step
 
 RECIPE = "configs/reinforce.yaml"
 

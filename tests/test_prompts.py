@@ -24,16 +24,6 @@ ROWS = [{"prompt": f"{w}=", "answer": w, "reference": w[::-1], "level": i % 3}
         for i, w in enumerate(["ab", "ba", "abc", "cab", "bca", "aab", "bba", "cc", "ca", "ac"])]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two
-    threads spin against each other (20x slower measured): run these tests on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return make_tokenizer()

@@ -31,16 +31,6 @@ from tokrl.tiny import make_tokenizer
 A, B, EQ = 3, 4, 40            # tiny tokenizer ids of 'a', 'b', '='
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two
-    threads spin against each other (20x slower measured): run these tests on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_bradley_terry_loss_by_hand():
     chosen, rejected = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([0.0, 0.0, 1.0])
     # -log σ(d) = log(1 + e^-d) for d = 2, 0, -2

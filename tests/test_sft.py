@@ -25,16 +25,6 @@ from tokrl.tiny import make_tokenizer
 A, B, C, EQ, EOS = 3, 4, 5, 40, 1
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two
-    threads spin against each other (20x slower measured): run these tests on one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return make_tokenizer()

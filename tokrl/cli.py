@@ -71,9 +71,19 @@ def _train(args: argparse.Namespace) -> int:
         bar.close()
         lock.release()
     summary = {"run_dir": str(run_dir), "steps": result["steps"], "stopped_early": result["stopped_early"],
-               "eval_before": result["eval_before"], "eval_after": result["eval_after"]}
+               "eval_before": result["eval_before"], "eval_after": result["eval_after"],
+               "held_out_change": _held_out_change(run_dir)}
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _held_out_change(run_dir: Path) -> dict:
+    """Paired before/after comparison of the first and last evaluation in run_dir."""
+    from tokrl.evaluate import compare
+
+    records = [json.loads(line) for line in (run_dir / "eval_samples.jsonl").read_text().splitlines() if line]
+    first, last = records[0]["step"], records[-1]["step"]
+    return compare([r for r in records if r["step"] == first], [r for r in records if r["step"] == last])
 
 
 def _check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -172,6 +182,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> int:
+    from tokrl.config import annotated_yaml
+
+    cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
+    print(annotated_yaml(cfg))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokrl", description="Token-level reinforcement learning for language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "test"], help="which examples (default test)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N examples (0: all)")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("config", help="print every option with its documentation, as YAML")
+    p.add_argument("config", nargs="?", help="a YAML recipe to show (default: the built-in defaults)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-5")
+    p.set_defaults(func=_config)
 
     p = sub.add_parser("generate", help="sample completions for prompts")
     p.add_argument("model", help="a model directory, a .gguf file or a built-in name")

@@ -390,3 +390,37 @@ def validate(cfg: Config) -> None:
     _check(t.output_dir.strip() != "", "train.output_dir must name a directory (e.g. runs/my-run)")
     from tokrl.tasks import TASKS
     _check(cfg.task.name in TASKS, f"task.name: {cfg.task.name!r} is not one of {', '.join(sorted(TASKS))}")
+
+
+# ------------------------------------------------------------------ documentation
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of dataclass ``cls`` (read from its source)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)):
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def annotated_yaml(cfg: Config | None = None) -> str:
+    """``cfg`` (default: the defaults) as YAML with every field's documentation above it."""
+    cfg = cfg or Config()
+    lines = []
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        lines.append(f"{section.name}:")
+        docs = field_docs(type(value))
+        for f in dataclasses.fields(value):
+            lines.append(f"  # {docs.get(f.name, '')}")
+            dumped = yaml.safe_dump({f.name: to_dict(value)[f.name]}, default_flow_style=True, width=1000).strip()
+            lines.append(f"  {dumped[1:-1] if dumped.startswith('{') else dumped}")
+        lines.append("")
+    return "\n".join(lines)

@@ -33,3 +33,19 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], sampling: Sa
                "solved": float((s >= 1.0 - 1e-6).float().mean()) if len(s) else 0.0,
                "n": len(s)}
     return metrics, samples
+
+
+def compare(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
+    """The held-out change from ``before`` to ``after`` (records of ``evaluate``, paired by
+    prompt): mean difference of score and of solved (score >= 1), each with a 95%
+    confidence interval from the paired differences (normal approximation,
+    mean +- 1.96 * sd / sqrt(n))."""
+    old = {r["prompt"]: r["score"] for r in before}
+    pairs = [(old[r["prompt"]], r["score"]) for r in after if r["prompt"] in old]
+    out: dict[str, Any] = {"n": len(pairs)}
+    for name, f in (("reward", lambda s: s), ("solved", lambda s: float(s >= 1.0 - 1e-6))):
+        d = torch.tensor([f(b) - f(a) for a, b in pairs], dtype=torch.float64)
+        mean = float(d.mean()) if len(d) else 0.0
+        half = 1.96 * float(d.std()) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+        out[name] = {"change": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)]}
+    return out
