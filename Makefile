@@ -6,7 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 
-.PHONY: demo test test-fast clean
+BENCH_VENV := .venv-bench
+BENCH_PY   := $(BENCH_VENV)/bin/python
+
+.PHONY: demo test test-fast bench bench-quick clean
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,5 +27,22 @@ test: $(VENV)/.installed-dev
 test-fast: $(VENV)/.installed-dev
 	$(PY) -m pytest -q -m "not slow"
 
+# Benchmarks compare against TRL, which lives in its own venv (a benchmark-only extra).
+$(BENCH_VENV)/.installed: pyproject.toml
+	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q $(TORCH)
+	$(BENCH_PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_PY) benchmarks/rollout.py
+	$(BENCH_PY) benchmarks/step.py
+	$(BENCH_PY) benchmarks/efficiency.py
+
+bench-quick: $(BENCH_VENV)/.installed
+	$(BENCH_PY) benchmarks/rollout.py --quick --models tiny
+	$(BENCH_PY) benchmarks/efficiency.py --quick
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache

@@ -1,0 +1,193 @@
+"""Model-FLOPs utilisation of tokrl's update phase against this CPU's measured bf16 matmul peak.
+
+    python benchmarks/efficiency.py            # SmolLM2, 4 prompts x 4 samples x 64 tokens, ~2 min
+    python benchmarks/efficiency.py --quick    # tiny model, seconds
+
+One process: build tokrl's train state (SmolLM2-135M-Instruct, model.dtype=bfloat16, i.e.
+float32 weights under bf16 autocast), collect one rollout batch with tokrl's own
+``collect``, then alternate A B A B:
+
+  A  tokrl.trainer.update on that batch (forward + backward + AdamW step, one minibatch)
+  B  torch.matmul of two bf16 2048x2048 matrices (the machine's practical bf16 peak)
+
+Model FLOPs of one update (S = P + T positions per sequence, N sequences):
+
+  simple   = 6 * params * N * S                          (the usual 6ND)
+  detailed = 6 * params_non_embedding * N * S            (every position through the trunk)
+           + 6 * hidden * vocab * N * (T + 1)            (LM head: tokrl keeps T+1 positions)
+           + 12 * layers * hidden * N * S^2              (attention scores and values, fwd + bwd,
+                                                          full S x S as in PaLM's formula)
+
+utilisation = (FLOPs / update seconds) / (bf16 matmul FLOP/s). Padding positions are
+counted (they are computed); useful tokens are reported beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import DEFAULT_CACHE, RESULTS, Clock, emit, header, interleave, log, set_threads, summarize  # noqa: E402
+from step import letter_reward, prompts  # noqa: E402
+
+
+def build(args):
+    from tokrl.config import Config, validate
+    from tokrl.pretrained import resolve_model
+    from tokrl.tasks import PromptSampler, Task
+    from tokrl.trainer import build_state
+
+    class LetterTask(Task):
+        name = "letter_e"
+
+        def __init__(self, items):
+            self.items = [{"prompt": p} for p in items]
+
+        def examples(self, split):
+            return self.items
+
+        def sequence_rewards(self, examples, completions):
+            return [letter_reward(t) for t in completions]
+
+    cfg = Config()
+    cfg.model.name = str(resolve_model(args.model, cache_dir=args.cache_dir))
+    cfg.model.dtype = args.dtype
+    cfg.model.chat_template = args.model != "tiny-random"
+    cfg.sampling.max_new_tokens = args.new_tokens
+    a = cfg.algo
+    a.estimator, a.policy_loss, a.entropy_coef, a.aggregation = "grpo", "ppo", 0.0, "token-mean"
+    cfg.kl.coef = 0.0
+    cfg.optim.lr = 1e-5
+    cfg.train.prompts_per_step, cfg.train.group_size = args.prompts, args.group
+    validate(cfg)
+    state = build_state(cfg)
+    state.task = LetterTask(prompts() if args.model != "tiny-random" else ["abcd=", "hello =", "12+34=", "xyz ="])
+    state.sampler = PromptSampler(state.task.examples("train"), 0)
+    return state, cfg
+
+
+def model_flops(model, batch) -> dict:
+    c = model.config
+    params = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight.numel()
+    tied = getattr(c, "tie_word_embeddings", False)
+    lm_head = c.hidden_size * c.vocab_size
+    non_emb = params - emb - (0 if tied else lm_head)
+    N, P = batch.prompt_ids.shape
+    T = batch.tokens.shape[1]
+    S = P + T
+    simple = 6 * params * N * S
+    detailed = (6 * non_emb * N * S + 6 * lm_head * N * (T + 1)
+                + 12 * c.num_hidden_layers * c.hidden_size * N * S * S)
+    useful = int(batch.attention_mask().sum())
+    return {"params": params, "params_non_embedding": non_emb, "tied_embeddings": tied, "sequences": N,
+            "prompt_positions": P, "completion_positions": T, "positions": N * S, "useful_tokens": useful,
+            "flops_simple": simple, "flops_detailed": detailed}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="default smollm2-135m-instruct; quick tiny-random")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--group", type=int, default=4)
+    p.add_argument("--new-tokens", type=int, default=None, help="default 64; quick 8")
+    p.add_argument("--repeats", type=int, default=None, help="A B rounds after a warm-up (default 4; quick 2)")
+    p.add_argument("--matmul-size", type=int, default=2048)
+    p.add_argument("--matmul-iters", type=int, default=None, help="matmuls per B sample (default 20; quick 3)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE)
+    p.add_argument("--out", default=None, help="default benchmarks/results/efficiency.json; '-' for stdout only")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.model = args.model or ("tiny-random" if q else "smollm2-135m-instruct")
+    args.new_tokens = args.new_tokens or (8 if q else 64)
+    args.repeats = args.repeats or (2 if q else 4)
+    args.matmul_iters = args.matmul_iters or (3 if q else 20)
+    set_threads(args.threads)
+    import torch
+
+    from tokrl.trainer import collect, update
+
+    report = header("efficiency")
+    t_start = time.perf_counter()
+    state, cfg = build(args)
+    batch, metrics = collect(state, cfg)
+    flops = model_flops(state.model, batch)
+    log(f"[efficiency] batch {tuple(batch.prompt_ids.shape)} prompt + {batch.tokens.shape[1]} completion, "
+        f"{flops['flops_detailed'] / 1e12:.2f} TFLOP per update (detailed)")
+
+    n = args.matmul_size
+    a = torch.randn(n, n).to(torch.bfloat16)
+    b = torch.randn(n, n).to(torch.bfloat16)
+    a32, b32 = a.float(), b.float()
+
+    def run_update():
+        with Clock() as c:
+            update(state, cfg, cfg.sampling)
+        return {"seconds": c.wall, "cpu_seconds": c.cpu,
+                "flops_per_s_simple": flops["flops_simple"] / c.wall,
+                "flops_per_s_detailed": flops["flops_detailed"] / c.wall}
+
+    def run_matmul(x, y):
+        def run():
+            with Clock() as c:
+                for _ in range(args.matmul_iters):
+                    torch.matmul(x, y)
+            return {"seconds": c.wall / args.matmul_iters,
+                    "flops_per_s": 2 * n ** 3 * args.matmul_iters / c.wall}
+        return run
+
+    samples = interleave({"update": run_update, "matmul_bf16": run_matmul(a, b),
+                          "matmul_fp32": run_matmul(a32, b32)}, args.repeats, warmup=1, log=log)
+    # utilisation per round: the update against the matmul measured right beside it
+    util = {kind: [u / m for u, m in zip(samples["update"][f"flops_per_s_{kind}"],
+                                         samples["matmul_bf16"]["flops_per_s"])]
+            for kind in ("simple", "detailed")}
+    results = {
+        "update": {k: summarize(v) for k, v in samples["update"].items()},
+        "matmul_bf16": {k: summarize(v) for k, v in samples["matmul_bf16"].items()},
+        "matmul_fp32": {k: summarize(v) for k, v in samples["matmul_fp32"].items()},
+        "model_flops": flops,
+        "rollout_metrics": {k: metrics[k] for k in ("completion/tokens", "completion/length", "time/rollout_s")},
+    }
+    ratios = {
+        "update_mfu_vs_bf16_matmul_detailed": summarize(util["detailed"])["median"],
+        "update_mfu_vs_bf16_matmul_simple": summarize(util["simple"])["median"],
+        "update_mfu_per_round": {k: summarize(v) for k, v in util.items()},
+        "bf16_over_fp32_matmul": summarize([x / y for x, y in zip(samples["matmul_bf16"]["flops_per_s"],
+                                                                   samples["matmul_fp32"]["flops_per_s"])])["median"],
+    }
+    report["configuration"] = {
+        "model": args.model, "dtype": f"{args.dtype} (tokrl model.dtype: fp32 weights, autocast)",
+        "prompts": args.prompts, "group": args.group, "max_new_tokens": args.new_tokens,
+        "update": "tokrl.trainer.update: GRPO advantages, PPO-clip, token-mean, one minibatch, AdamW lr 1e-5",
+        "matmul": f"torch.matmul {n}x{n} bf16 (and fp32), {args.matmul_iters} per sample",
+        "repeats": args.repeats, "threads": args.threads,
+        "flops_formula": {
+            "simple": "6 * params * N * (P + T)",
+            "detailed": "6 * params_non_embedding * N * (P + T) + 6 * hidden * vocab * N * (T + 1) "
+                        "+ 12 * layers * hidden * N * (P + T)^2",
+        },
+    }
+    report["results"] = results
+    report["ratios"] = ratios
+    report["wall_s"] = round(time.perf_counter() - t_start, 1)
+    report["notes"] = [
+        "utilisation is per round (update FLOP/s over the bf16 matmul FLOP/s measured right after or before it), "
+        "median over rounds",
+        "other processes share this 2-core machine; both halves of each ratio see the same load only approximately",
+    ]
+    out = args.out if args.out is not None else str(RESULTS / ("efficiency-quick.json" if q else "efficiency.json"))
+    emit(report, None if out == "-" else out)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Smoke test of the benchmark harness: `benchmarks/rollout.py --quick` on the tiny model.
+
+It checks that the benchmark runs and reports what it promises (machine, versions,
+configuration, per-variant medians and IQRs, ratios); it claims nothing about speed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_rollout_benchmark_quick_on_tiny_model(tmp_path):
+    out = tmp_path / "rollout.json"
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "rollout.py"), "--quick", "--models", "tiny",
+         "--cache-dir", os.environ.get("TOKRL_CACHE", str(tmp_path / "cache")), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == report
+    assert report["benchmark"] == "rollout"
+    for key in ("cpu_model", "cores", "torch_threads"):
+        assert key in report["machine"]
+    assert report["machine"]["torch_threads"] == 2
+    for key in ("python", "torch", "transformers", "trl", "tokrl_git_sha"):
+        assert key in report["versions"]
+    assert report["configuration"]["quick"] is True
+    tiny = report["results"]["generate"]["tiny"]
+    for batch in report["configuration"]["batches"]:
+        entry = tiny[f"batch_{batch}"]
+        for variant in ("tokrl[fp32]", "hf[fp32]"):
+            stats = entry["tokens_per_s"][variant]
+            assert stats["median"] > 0 and stats["iqr"] >= 0
+            assert entry["tokens_per_cpu_s"][variant]["median"] > 0
+        r = report["ratios"]["generate"]["tiny"][f"batch_{batch}"]
+        assert r["tokrl_over_hf"] > 0 and r["tokrl_over_hf_cpu"] > 0
+    kv = report["ratios"]["kv_cache"]["tiny"]
+    assert kv["kv_over_reencode"] > 0 and kv["kv_over_reencode_cpu"] > 0
+    assert "smollm2" not in report["results"]["generate"]
