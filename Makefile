@@ -19,7 +19,7 @@ $(VENV)/.installed-%: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed-dev
-	$(VENV)/bin/tokrl train configs/reinforce.yaml
+	$(VENV)/bin/tokrl train configs/smollm2_arithmetic.yaml --overwrite
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q

@@ -1,3 +1,5 @@
-from tokrl.cli import main
 import sys
+
+from tokrl.cli import main
+
 sys.exit(main())
