@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tokrl.config import SamplingConfig
 from tokrl.env import TokenEnv
 from tokrl.losses import entropy as full_entropy
-from tokrl.rollout import encode_batch, generate, process_logits, rollout
+from tokrl.rollout import encode_batch, generate, inverse_cdf, longest_prompt, process_logits, rollout, sample_seeds
 from tokrl.tasks import TargetMatch, Task
 
 
@@ -170,3 +170,45 @@ def test_logprob_of_greedy_is_the_untempered_policy(policy):
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, -1]
     assert math.isclose(float(out["logprobs"][0, 0]), float(torch.log_softmax(logits, -1).max()), abs_tol=1e-5)
+
+
+# ------------------------------------------------- per-row sampling noise (data parallel)
+
+def test_inverse_cdf_follows_the_probabilities_and_never_draws_a_zero():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]])                # zeros inside and at both ends
+    u = (torch.arange(100_000, dtype=torch.float64) + 0.5) / 100_000       # an even grid over [0, 1)
+    tokens = inverse_cdf(probs.expand(len(u), -1), u)
+    freq = torch.bincount(tokens, minlength=6).double() / len(u)
+    assert torch.allclose(freq, probs[0].double(), atol=1e-4)
+    # the edges: u = 0 and the largest float64 below 1 land on tokens that have mass
+    edges = inverse_cdf(probs.expand(2, -1), torch.tensor([0.0, 1.0 - 2**-53], dtype=torch.float64))
+    assert edges.tolist() == [1, 4]
+    # unnormalised mass works the same (the sampler divides by the total)
+    assert inverse_cdf(torch.tensor([[2.0, 0.0, 6.0]]), torch.tensor([0.3], dtype=torch.float64)).item() == 2
+
+
+def test_row_seeds_are_keyed_to_seed_step_prompt_and_sample():
+    seeds = sample_seeds(0, 5, 0, 4, 2)                                    # 4 prompts x 2 samples
+    assert seeds.shape == (8,) and len(set(seeds.tolist())) == 8 and (seeds >= 0).all()
+    assert torch.equal(sample_seeds(0, 5, 2, 2, 2), seeds[4:])             # prompts 2 and 3 alone
+    assert not torch.equal(sample_seeds(1, 5, 0, 4, 2), seeds)             # another run seed
+    assert not torch.equal(sample_seeds(0, 6, 0, 4, 2), seeds)             # another step
+
+
+def test_a_rows_completion_does_not_depend_on_the_rest_of_its_batch(policy, task):
+    # what makes one process and W processes draw the same samples: rows keyed by
+    # (seed, step, prompt, sample), prompts padded to the step's widest
+    model, tokenizer = policy
+    examples = task.examples("train")[:4]
+    sampling = SamplingConfig(6, 1.0, top_k=5)
+    width = longest_prompt(tokenizer, examples)
+    whole = rollout(model, tokenizer, task, examples, 2, sampling, seeds=sample_seeds(3, 1, 0, 4, 2),
+                    prompt_width=width)
+    for first in (0, 2):
+        half = rollout(model, tokenizer, task, examples[first:first + 2], 2, sampling,
+                       seeds=sample_seeds(3, 1, first, 2, 2), prompt_width=width)
+        rows = slice(2 * first, 2 * first + 4)
+        T = half.tokens.shape[1]
+        assert torch.equal(half.tokens, whole.tokens[rows, :T])
+        assert torch.allclose(half.logprobs, whole.logprobs[rows, :T], atol=1e-6)
+    assert whole.prompt_ids.shape[1] == width

@@ -76,6 +76,10 @@ class ExperienceBuffer:
         order = order.to(data.tokens.device)
         return (data.select(order[i:i + size]) for i in range(0, len(order), size))
 
+    def stored(self) -> Rollout | None:
+        """Every stored row, oldest first, as one Rollout (None when empty)."""
+        return self._data
+
     def staleness(self, step: int) -> Tensor:
         """(N,) long: how many steps ago each stored row was collected (0 = this step)."""
         return step - self._steps

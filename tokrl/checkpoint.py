@@ -4,9 +4,11 @@ A checkpoint is a folder ``run_dir/checkpoints/step-00000012/`` holding
 
 - ``weights.safetensors``: the trainable policy weights (the adapters alone under LoRA)
 - ``value_head.safetensors``: the value head, when the recipe has one
-- ``optimizer.pt``: AdamW's state (tensors and numbers only)
-- ``state.pt``: step, RNG states (python, numpy, torch, the rollout and shuffle
-  generators), the prompt sampler's position, the baselines and the KL coefficient
+- ``optimizer.pt``: AdamW's state (tensors and numbers only; keyed by parameter
+  name when the model is sharded with FSDP)
+- ``state.pt``: step, RNG states (python, numpy, torch, the shuffle generator; one
+  set per process of a torchrun run), the prompt sampler's position, the baselines
+  and the KL coefficient
 - ``config.yaml``: the run's configuration
 - ``manifest.json``: the step and a sha256 of every file above, written last
 
@@ -14,6 +16,10 @@ It is written into a temporary folder, each file fsynced, and renamed into place
 a folder named ``step-*`` is complete, and a checksum mismatch means corruption.
 Loading reads weights with safetensors and everything else with
 ``torch.load(weights_only=True)``: no pickle of arbitrary objects anywhere.
+
+Under torchrun every process takes part (FSDP gathers whole tensors to rank 0) and
+rank 0 alone writes; on resume every process reads the folder, so across machines
+the run directory must be on a filesystem they share.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from tokrl import distributed
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
@@ -86,28 +94,48 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, state, config_yaml: str, keep: int) -> Path:
-    """Write the checkpoint of ``state`` (a TrainState) atomically; keep the newest ``keep``."""
+    """Write the checkpoint of ``state`` (a TrainState) atomically; keep the newest ``keep``.
+
+    Every process of a torchrun run calls this; rank 0 writes, the others wait for it.
+    """
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:08d}"
-    tmp = root / f".tmp-step-{state.step:08d}"
+    sharded = distributed.is_sharded(state.model)
+    # collectives first, on every process: whole tensors (FSDP) and each process's RNGs
+    if sharded:
+        weights = distributed.full_state_dict(state.model)
+        optimizer = distributed.full_optimizer_state(state.model, state.value_head, state.optimizer)
+    else:
+        weights, optimizer = trainable_weights(state.model), state.optimizer.state_dict()
+    rngs = distributed.all_gather(rng_state())
+    if distributed.is_main():
+        _write(root, final, state, weights, optimizer, rngs, sharded, config_yaml, keep)
+    distributed.barrier()
+    return final
+
+
+def _write(root: Path, final: Path, state, weights: dict, optimizer: dict, rngs: list, sharded: bool,
+           config_yaml: str, keep: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_weights(state.model), tmp / "weights.safetensors")
+    save_file(weights, tmp / "weights.safetensors")
     if state.value_head is not None:
         save_file(trainable_weights(state.value_head), tmp / "value_head.safetensors")
-    torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer, tmp / "optimizer.pt")
     fault_point("checkpoint", state.step)              # a crash here leaves only the .tmp folder
     torch.save({
         "step": state.step,
-        "rng": rng_state(),
-        "rollout_generator": state.rollout_generator.get_state(),
+        "rng": rngs[0],
+        "rng_ranks": rngs,
         "shuffle_generator": state.shuffle_generator.get_state(),
         "sampler": state.sampler.state_dict(),
         "baseline": state.baseline.state_dict(),
         "reward_avg": state.reward_avg.state_dict(),
         "kl_coef": state.kl_coef.state_dict(),
         "bad_steps": state.bad_steps,
+        "optimizer_keys": "names" if sharded else "indices",
     }, tmp / "state.pt")
     (tmp / "config.yaml").write_text(config_yaml)
     files = sorted(p.name for p in tmp.iterdir())
@@ -120,9 +148,16 @@ def save_checkpoint(run_dir: Path, state, config_yaml: str, keep: int) -> Path:
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync(root)
-    for old in complete_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+    for old in complete_checkpoints(root.parent)[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
-    return final
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint of ``run_dir``; a ValueError when there is none."""
+    checkpoints = complete_checkpoints(run_dir)
+    if not checkpoints:
+        raise ValueError(f"{run_dir} has no complete checkpoint to resume from; start it again without --resume")
+    return checkpoints[-1]
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -150,17 +185,35 @@ def verify(checkpoint: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(checkpoint: Path, state) -> None:
-    """Restore ``state`` (a freshly built TrainState of the same config) from ``checkpoint``."""
-    verify(checkpoint)
-    weights = load_file(checkpoint / "weights.safetensors")
-    _load_weights(state.model, weights, checkpoint)
+    """Restore ``state`` (a freshly built TrainState of the same config) from ``checkpoint``.
+
+    Under torchrun every process calls this: rank 0 checks the checksums, each process
+    reads the small files, and a sharded model's whole tensors are read by rank 0 and
+    scattered to the shards. A run may resume with another number of processes.
+    """
+    distributed.run_on_main(lambda: verify(checkpoint))
+    saved = torch.load(checkpoint / "state.pt", weights_only=True)
+    sharded = distributed.is_sharded(state.model)
+    if saved.get("optimizer_keys", "indices") != ("names" if sharded else "indices"):
+        raise CheckpointError(f"checkpoint {checkpoint} was written with{'out' if sharded else ''} "
+                              f"dist.strategy=fsdp; resume it the same way")
+    if sharded:
+        weights = load_file(checkpoint / "weights.safetensors") if distributed.is_main() else {}
+        distributed.run_on_main(lambda: _check_names(state.model, weights, checkpoint))
+        distributed.load_full_state_dict(state.model, weights)
+    else:
+        _load_weights(state.model, load_file(checkpoint / "weights.safetensors"), checkpoint)
     if state.value_head is not None:
         _load_weights(state.value_head, load_file(checkpoint / "value_head.safetensors"), checkpoint)
-    state.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-    saved = torch.load(checkpoint / "state.pt", weights_only=True)
+    if sharded:
+        optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True) if distributed.is_main() else {}
+        distributed.load_full_optimizer_state(state.model, state.value_head, state.optimizer, optimizer)
+    else:
+        state.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
     state.step = saved["step"]
-    set_rng_state(saved["rng"])
-    state.rollout_generator.set_state(saved["rollout_generator"])
+    rngs = saved.get("rng_ranks", [saved["rng"]])
+    # each process its own RNGs; resumed with another number of processes, rank 0's
+    set_rng_state(rngs[distributed.rank()] if len(rngs) == distributed.world_size() else saved["rng"])
     state.shuffle_generator.set_state(saved["shuffle_generator"])
     state.sampler.load_state_dict(saved["sampler"])
     state.baseline.load_state_dict(saved["baseline"])
@@ -169,13 +222,18 @@ def load_checkpoint(checkpoint: Path, state) -> None:
     state.bad_steps = saved["bad_steps"]
 
 
-def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], checkpoint: Path) -> None:
+def _check_names(module: torch.nn.Module, weights: dict[str, torch.Tensor], checkpoint: Path) -> None:
     params = dict(module.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unknown = [n for n in weights if n not in params]
     if missing or unknown:
         raise CheckpointError(f"checkpoint {checkpoint} does not fit this model "
                               f"({len(missing)} weights missing, {len(unknown)} unknown); was the model changed?")
+
+
+def _load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], checkpoint: Path) -> None:
+    _check_names(module, weights, checkpoint)
+    params = dict(module.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)

@@ -3,6 +3,10 @@
 Bad input (a config key, a type, a missing model or file) ends with one line on
 stderr saying what is wrong and how to fix it, and exit status 2. Set
 TOKRL_DEBUG=1 to see the traceback instead.
+
+`torchrun --nproc_per_node=W -m tokrl train CONFIG` trains with W processes
+(see tokrl/distributed.py): rank 0 checks, locks and writes the run directory and
+prints; bad input that every process finds is printed once, by rank 0.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ def _train(args: argparse.Namespace) -> int:
     import yaml
     from tqdm import tqdm
 
+    from tokrl import distributed
     from tokrl.config import to_dict
     from tokrl.runlock import RunLock
     from tokrl.trainer import train
@@ -47,12 +52,14 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(cfg.train.output_dir)
-        _check_new_run_dir(run_dir, args.overwrite)
-    lock = RunLock(run_dir)
+    distributed.init(cfg)             # under torchrun: check that the batch splits, join the others
+    if not args.resume:
+        distributed.run_on_main(lambda: _check_new_run_dir(run_dir, args.overwrite))
+    lock = RunLock(run_dir)           # rank 0's alone: the others never write the run directory
     if args.resume:
-        lock.acquire()
+        distributed.run_on_main(lock.acquire)
     bar = tqdm(total=cfg.train.max_steps, desc="train", unit="step", file=sys.stderr,
-               disable=args.quiet, dynamic_ncols=True)
+               disable=args.quiet or not distributed.is_main(), dynamic_ncols=True)
 
     def progress(m: dict) -> None:
         bar.update(1)
@@ -75,10 +82,11 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         lock.release()
-    summary = {"run_dir": str(run_dir), "steps": result["steps"], "stopped_early": result["stopped_early"],
-               "eval_before": result["eval_before"], "eval_after": result["eval_after"],
-               "held_out_change": _held_out_change(run_dir)}
-    print(json.dumps(summary, indent=2))
+    if distributed.is_main():
+        summary = {"run_dir": str(run_dir), "steps": result["steps"], "stopped_early": result["stopped_early"],
+                   "eval_before": result["eval_before"], "eval_after": result["eval_after"],
+                   "held_out_change": _held_out_change(run_dir)}
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -253,13 +261,23 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(e, EXIT_BAD_INPUT)
     except TrainingError as e:
         return _fail(e, EXIT_TRAINING_FAILED)
+    finally:
+        # a torchrun process leaves its group before exiting, also after an error
+        if "tokrl.distributed" in sys.modules:
+            sys.modules["tokrl.distributed"].shutdown()
 
 
 def _fail(error: Exception, status: int) -> int:
     if os.environ.get("TOKRL_DEBUG"):
         raise error
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    print(f"tokrl: error: {message}", file=sys.stderr)
+    where = ""
+    distributed = sys.modules.get("tokrl.distributed")        # imported only by commands that train
+    if distributed is not None:
+        if not distributed.should_report(error):      # under torchrun: once, unless a rank failed alone
+            return status
+        where = "" if distributed.is_main() else f"rank {distributed.rank()}: "
+    print(f"tokrl: error: {where}{message}", file=sys.stderr)
     return status
 
 

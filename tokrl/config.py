@@ -159,7 +159,9 @@ class TrainConfig:
     group_size: int = 1
     """G: completions sampled per prompt"""
     minibatch_size: int = 0
-    """sequences per optimizer step (0: the whole rollout batch, one step per epoch)"""
+    """sequences per optimizer step (0: the whole rollout batch, one step per epoch); the
+    N sequences of a step are dealt into ceil(N / minibatch_size) random minibatches of
+    (nearly) equal size"""
     microbatch_size: int = 0
     """sequences per forward/backward pass (0: the whole minibatch); the update does
     not depend on it"""
@@ -201,6 +203,15 @@ class LogConfig:
 
 
 @dataclass
+class DistConfig:
+    strategy: str = "ddp"
+    """how the processes of `torchrun --nproc_per_node=W` share the model: ddp (each holds
+    the whole model, gradients are summed over processes) or fsdp (FSDP2 fully_shard: the
+    weights, gradients and optimizer state are split W ways, and so is the KL reference).
+    Each process rolls out prompts_per_step / W prompts. One process ignores this"""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -210,6 +221,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
 
 # ---------------------------------------------------------------- (de)serialisation
@@ -388,6 +400,7 @@ def validate(cfg: Config) -> None:
     _check(t.checkpoint_every >= 0 and t.keep_checkpoints >= 1,
            "train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1")
     _check(t.output_dir.strip() != "", "train.output_dir must name a directory (e.g. runs/my-run)")
+    _check(cfg.dist.strategy in ("ddp", "fsdp"), f"dist.strategy: {cfg.dist.strategy!r} is not ddp or fsdp")
     from tokrl.tasks import TASKS
     _check(cfg.task.name in TASKS, f"task.name: {cfg.task.name!r} is not one of {', '.join(sorted(TASKS))}")
 

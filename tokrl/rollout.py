@@ -4,13 +4,20 @@ The prompts are encoded once (prefill); after that each new token costs one
 forward pass over one position per sequence, reading keys and values of the
 past from the cache. Re-encoding the whole sequence for every token would cost
 O(T^2) instead of O(T).
+
+Sampling noise belongs to the row, not to the batch: each row draws its uniforms
+from its own seed (``sample_seeds``: run seed, step, prompt, sample), so a row's
+completion does not depend on which other rows share its batch or its process.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import Tensor
 
+from tokrl import distributed
 from tokrl.config import SamplingConfig
 from tokrl.env import encode_prompt
 from tokrl.losses import entropy as full_entropy
@@ -52,10 +59,16 @@ def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
                                          add_generation_prompt=True)
 
 
+def longest_prompt(tokenizer, examples: list[Example], chat_template: bool = False) -> int:
+    """The most tokens any of ``examples``' prompts has, as ``encode_batch`` encodes them."""
+    return max(len(encode_prompt(tokenizer, format_prompt(tokenizer, ex["prompt"], chat_template))) for ex in examples)
+
+
 def encode_batch(tokenizer, examples: list[Example], group_size: int, chat_template: bool = False,
-                 max_prompt_tokens: int | None = None) -> tuple[Tensor, Tensor]:
+                 max_prompt_tokens: int | None = None, width: int | None = None) -> tuple[Tensor, Tensor]:
     """Left-padded prompt ids, each prompt repeated G times (prompt-major).
 
+    width: pad to at least this many tokens (processes sharing a batch pad alike).
     returns: ids (N, P) long, mask (N, P) long with N = len(examples) * group_size.
     """
     encoded = [encode_prompt(tokenizer, format_prompt(tokenizer, ex["prompt"], chat_template)) for ex in examples]
@@ -65,23 +78,66 @@ def encode_batch(tokenizer, examples: list[Example], group_size: int, chat_templ
         if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
             raise ValueError(f"a prompt has {len(ids)} tokens, more than the model's context allows "
                              f"({max_prompt_tokens}); shorten it or lower sampling.max_new_tokens")
-    P = max(len(ids) for ids in encoded)
+    P = max(max(len(ids) for ids in encoded), width or 0)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (P - len(x)) + x for x in encoded for _ in range(group_size)], dtype=torch.long)
     mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in encoded for _ in range(group_size)], dtype=torch.long)
     return ids, mask
 
 
+def sample_seeds(seed: int, step: int, first_prompt: int, num_prompts: int, group_size: int) -> Tensor:
+    """(N,) long: the seed of each row's sampling noise, N = num_prompts * group_size.
+
+    Row (p, g) answers prompt p of the step's batch (``first_prompt`` <= p <
+    ``first_prompt + num_prompts``) with its g-th sample; its seed is a hash of
+    (seed, step, p, g). So a run draws the same completions whether one process
+    samples all B prompts or W processes sample B/W each.
+    """
+    keys = [f"{seed}:{step}:{p}:{g}".encode() for p in range(first_prompt, first_prompt + num_prompts)
+            for g in range(group_size)]
+    # 63 bits: a non-negative int64 that torch.Generator.manual_seed takes
+    return torch.tensor([int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "little") >> 1 for k in keys],
+                        dtype=torch.long)
+
+
+def row_uniforms(seeds: Tensor, steps: int) -> Tensor:
+    """(N, steps) float64 uniforms in [0, 1): row i from its own generator seeded with seeds[i].
+
+    One generator call per row per rollout (not per token); float64 so that tokens of
+    probability below 2^-24 are still sampled at their rate.
+    """
+    return torch.stack([torch.rand(steps, dtype=torch.float64, generator=torch.Generator().manual_seed(int(s)))
+                        for s in seeds.tolist()]) if len(seeds) else torch.zeros(0, steps, dtype=torch.float64)
+
+
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """Sample one token per row: the first token whose cumulative probability exceeds u.
+
+    probs: (N, V) non-negative (need not sum to 1; zeros are never drawn), u: (N,)
+    uniforms in [0, 1).  returns: (N,) long.
+    """
+    cdf = probs.double().cumsum(dim=-1)                                    # (N, V)
+    total = cdf[:, -1:]                                                    # (N, 1)
+    # trap: u * total can round up to total; keep x strictly below it, so the step found
+    # is one of a token with mass (a zero-probability token is a flat step: never hit)
+    x = torch.minimum(u[:, None].double() * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, x, right=True).squeeze(1)               # cdf[i-1] <= x < cdf[i]
+
+
 @torch.no_grad()
 def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingConfig, eos_id: int,
              pad_id: int, caps: Tensor | None = None, generator: torch.Generator | None = None,
-             autocast=None) -> dict[str, Tensor]:
+             autocast=None, seeds: Tensor | None = None) -> dict[str, Tensor]:
     """Sample completions for left-padded prompts with a KV cache.
 
     prompt_ids, prompt_mask: (N, P). caps: (N,) long, per-row episode lengths set by
     the task (None: max_new_tokens). A row stops after EOS or at its cap.
+    seeds: (N,) long, the seed of each row's noise (``sample_seeds``); without them each
+    row's seed is drawn from ``generator`` (or torch's global generator).
     returns tokens (N, T) long, lengths (N,) long, logprobs (N, T), entropy (N, T)
     float32, with T <= max_new_tokens (the longest completion).
+    A model sharded over processes (FSDP) runs one forward pass per token on all of them
+    until every process's rows are done.
     """
     from contextlib import nullcontext
 
@@ -94,6 +150,10 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingC
     entropies = torch.zeros(N, Tmax)
     lengths = torch.zeros(N, dtype=torch.long)
     done = caps <= 0                                                       # (N,) bool
+    if sampling.temperature > 0:
+        if seeds is None:
+            seeds = torch.randint(0, 2**62, (N,), generator=generator)
+        noise = row_uniforms(seeds, Tmax)                                  # (N, Tmax) float64
     attention = prompt_mask.clone()                                        # (N, P + t)
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)              # (N, P)
     with ctx:
@@ -103,14 +163,14 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingC
     next_pos = positions[:, -1:] + 1                                       # (N, 1)
     T = 0
     for t in range(Tmax):
-        if bool(done.all()):
+        if distributed.all_done(done, model):
             break
         z = process_logits(logits, sampling)                               # (N, V) float32
         logp_all = torch.log_softmax(z, dim=-1)
         if sampling.temperature == 0:
             token = z.argmax(dim=-1)
         else:
-            token = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)
+            token = inverse_cdf(logp_all.exp(), noise[:, t])
         alive = ~done
         token = torch.where(alive, token, torch.full_like(token, pad_id))
         tokens[:, t] = token
@@ -120,7 +180,7 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingC
         lengths += alive.long()
         done = done | (token == eos_id) | (lengths >= caps)
         T = t + 1
-        if bool(done.all()):
+        if distributed.all_done(done, model):
             break
         attention = torch.cat([attention, torch.ones(N, 1, dtype=attention.dtype)], dim=1)
         with ctx:
@@ -192,19 +252,21 @@ def _call(task: Task, method: str, *args):
 
 def rollout(model, tokenizer, task: Task, examples: list[Example], group_size: int, sampling: SamplingConfig,
             generator: torch.Generator | None = None, chat_template: bool = False, autocast=None,
-            skip_bad_rewards: bool = False) -> Rollout:
+            skip_bad_rewards: bool = False, seeds: Tensor | None = None, prompt_width: int | None = None) -> Rollout:
     """Sample G completions for each of B examples and score them: a Rollout of N = B*G rows.
 
     With ``skip_bad_rewards`` a row whose reward is not finite keeps zero rewards and an
-    all-zero mask, so it takes no part in the loss.
+    all-zero mask, so it takes no part in the loss. seeds: (N,) per-row seeds of the
+    sampling noise (``sample_seeds``; default: drawn from ``generator``). prompt_width:
+    left-pad prompts to at least this many tokens.
     """
     prompt_ids, prompt_mask = encode_batch(
         tokenizer, examples, group_size, chat_template,
-        max_prompt_tokens=_context_room(model, sampling.max_new_tokens))
+        max_prompt_tokens=_context_room(model, sampling.max_new_tokens), width=prompt_width)
     rows = [ex for ex in examples for _ in range(group_size)]
     caps = torch.tensor([task.max_tokens(ex) or sampling.max_new_tokens for ex in rows], dtype=torch.long)
     out = generate(model, prompt_ids, prompt_mask, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                   caps, generator, autocast)
+                   caps, generator, autocast, seeds)
     tokens, lengths = out["tokens"], out["lengths"]
     texts = tokenizer.batch_decode([tokens[i, : lengths[i]] for i in range(len(rows))], skip_special_tokens=True)
     rewards, bad = score(task, rows, tokens, lengths, texts, skip_bad_rewards)

@@ -1,12 +1,17 @@
 """The loop: prompts -> rollout -> rewards -> advantages -> buffer -> update -> log.
 
 Each box is a function of its inputs; the only state carried from step to step is
-in `TrainState` (model, optimizer, baselines, sampler, generators).
+in `TrainState` (model, optimizer, baselines, sampler, generators). The update
+itself lives in update.py.
+
+Under torchrun (see distributed.py) every process runs this same loop on its share
+of the prompts; after the rollout the scored rows are gathered, so everything from
+the rewards' KL penalty to the metrics is computed over the whole batch, exactly as
+one process computes it. Only rank 0 writes to the run directory.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -17,20 +22,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tokrl import losses
+from tokrl import distributed, losses
 from tokrl.advantages import MovingAverage, explained_variance, whiten
-from tokrl.algorithms import CLIPPED_LOSSES, ESTIMATORS, POLICY_LOSSES, uses_critic
+from tokrl.algorithms import ESTIMATORS, uses_critic
 from tokrl.buffer import ExperienceBuffer
 from tokrl.checkpoint import fault_point
 from tokrl.config import Config, SamplingConfig
-from tokrl.errors import TrainingError
 from tokrl.evaluate import evaluate
 from tokrl.kl import AdaptiveKL, FixedKL
 from tokrl.metrics import MetricsWriter, check_sinks
 from tokrl.models import Reference, ValueHead, autocast, load_policy, save_policy
-from tokrl.rollout import process_logits, rollout
+from tokrl.rollout import longest_prompt, process_logits, rollout, sample_seeds
 from tokrl.tasks import PromptSampler, Task, build_task
 from tokrl.types import Rollout
+from tokrl.update import forward, update
 
 
 def seed_everything(seed: int) -> None:
@@ -52,19 +57,28 @@ class TrainState:
     buffer: ExperienceBuffer
     baseline: MovingAverage
     reward_avg: MovingAverage
-    rollout_generator: torch.Generator
     shuffle_generator: torch.Generator
     kl_coef: FixedKL | AdaptiveKL
     reference: Reference | None = None
     step: int = 0
     bad_steps: int = 0
     """consecutive updates skipped for a non-finite loss or gradient"""
+    wrapped_model: torch.nn.Module | None = None
+    """DDP(model) in a data-parallel run: what the update calls (None: model itself;
+    under FSDP the model is sharded in place)"""
+    wrapped_head: torch.nn.Module | None = None
+    """DDP(value_head) in a data-parallel run (None: value_head itself)"""
 
     def parameters(self) -> list[Tensor]:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.value_head is not None:
-            params += list(self.value_head.parameters())
-        return params
+        """The trainable parameters: the optimizer's (under FSDP, the shards)."""
+        # trap: not model.parameters(): after a forward pass FSDP leaves the root module's
+        # unsharded weights in place of the shards, and those never get a gradient
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def trained(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """(policy, value head) as the update calls them: their DDP wrappers when there are some."""
+        return (self.wrapped_model if self.wrapped_model is not None else self.model,
+                self.wrapped_head if self.wrapped_head is not None else self.value_head)
 
 
 def build_state(cfg: Config) -> TrainState:
@@ -77,6 +91,10 @@ def build_state(cfg: Config) -> TrainState:
     kl_coef = FixedKL(k.coef) if k.target is None else AdaptiveKL(k.coef, k.target, k.horizon)
     # the reference is the frozen initial policy; with beta 0 it is never built or run
     reference = Reference(model) if k.coef > 0 else None
+    distributed.check(cfg, distributed.world_size())
+    # before the optimizer: FSDP replaces the parameters with their shards
+    wrapped_model, wrapped_head = distributed.parallelize(
+        model, head, reference.model if reference is not None else None, cfg.dist.strategy)
     params = [p for p in model.parameters() if p.requires_grad] + (list(head.parameters()) if head else [])
     o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
@@ -86,33 +104,12 @@ def build_state(cfg: Config) -> TrainState:
         sampler=PromptSampler(task.examples("train"), t.seed),
         buffer=ExperienceBuffer(capacity=t.prompts_per_step * t.group_size),
         baseline=MovingAverage(cfg.algo.ema_decay), reward_avg=MovingAverage(t.reward_ema),
-        rollout_generator=torch.Generator().manual_seed(t.seed + 1),
         shuffle_generator=torch.Generator().manual_seed(t.seed + 2),
-        kl_coef=kl_coef, reference=reference,
+        kl_coef=kl_coef, reference=reference, wrapped_model=wrapped_model, wrapped_head=wrapped_head,
     )
 
 
-# ------------------------------------------------------------------ forward pass
-
-def forward(model, head: ValueHead | None, batch: Rollout, dtype: str) -> tuple[Tensor, Tensor | None]:
-    """Teacher-forced pass over prompt + completion.
-
-    returns logits (N, T, V) at the positions that choose each completion token,
-    and values (N, T) float32 from the value head (None without one).
-    """
-    T = batch.tokens.shape[1]
-    attention = batch.attention_mask()                                   # (N, P+T)
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    with autocast(dtype):
-        # position P-1+t chooses token t: keep the last T+1 positions, drop the final one
-        out = model(input_ids=batch.input_ids(), attention_mask=attention, position_ids=positions,
-                    logits_to_keep=T + 1, output_hidden_states=head is not None)
-    logits = out.logits[:, :-1]                                          # (N, T, V)
-    values = None
-    if head is not None:
-        values = head(out.hidden_states[-1][:, -T - 1:-1])               # (N, T)
-    return logits, values
-
+# ------------------------------------------------------------------ extra passes
 
 @torch.no_grad()
 def add_values(state: TrainState, batch: Rollout, dtype: str) -> None:
@@ -124,101 +121,32 @@ def add_values(state: TrainState, batch: Rollout, dtype: str) -> None:
 
 
 @torch.no_grad()
-def add_reference(state: TrainState, batch: Rollout, cfg: Config, sampling: SamplingConfig) -> float:
-    """Fill batch.ref_logprobs; with kl.in_reward, charge beta * KL on each token's reward.
+def add_reference(state: TrainState, batch: Rollout, cfg: Config, sampling: SamplingConfig) -> None:
+    """Fill batch.ref_logprobs, the log-probs of the frozen reference."""
+    with state.reference.disabled_adapters():
+        logits, _ = forward(state.reference.model, None, batch, cfg.model.dtype)
+    batch.ref_logprobs = losses.token_logprobs(process_logits(logits, sampling), batch.tokens) * batch.mask
+
+
+def charge_kl(state: TrainState, batch: Rollout, cfg: Config) -> float:
+    """With kl.in_reward, charge beta * KL on each token's reward.
 
     returns the batch's KL in nats per sequence (sum of k1 over tokens, mean over rows).
     """
-    with state.reference.disabled_adapters():
-        logits, _ = forward(state.reference.model, None, batch, cfg.model.dtype)
-    ref = losses.token_logprobs(process_logits(logits, sampling), batch.tokens) * batch.mask
-    batch.ref_logprobs = ref
     if cfg.kl.in_reward:
-        penalty = losses.kl(batch.logprobs, ref, cfg.kl.kind) * batch.mask            # (N, T)
+        penalty = losses.kl(batch.logprobs, batch.ref_logprobs, cfg.kl.kind) * batch.mask  # (N, T)
         batch.rewards = batch.rewards - state.kl_coef.value * penalty
-    return float(((batch.logprobs - ref) * batch.mask).sum(dim=1).mean())
+    return float(((batch.logprobs - batch.ref_logprobs) * batch.mask).sum(dim=1).mean())
 
 
 @torch.no_grad()
-def add_greedy_scores(state: TrainState, batch: Rollout, examples: list, cfg: Config, sampling: SamplingConfig) -> None:
+def add_greedy_scores(state: TrainState, batch: Rollout, examples: list, cfg: Config, sampling: SamplingConfig,
+                      prompt_width: int | None = None) -> None:
     """ReMax's baseline: the score of one greedy completion per prompt, repeated G times."""
     greedy = SamplingConfig(sampling.max_new_tokens, temperature=0.0)
     base = rollout(state.model, state.tokenizer, state.task, examples, 1, greedy, None,
-                   cfg.model.chat_template, autocast(cfg.model.dtype))
+                   cfg.model.chat_template, autocast(cfg.model.dtype), prompt_width=prompt_width)
     batch.greedy_scores = base.scores.repeat_interleave(batch.group_size)
-
-
-# ------------------------------------------------------------------------ update
-
-def microbatch_loss(state: TrainState, mb: Rollout, cfg: Config, sampling: SamplingConfig,
-                    num_tokens: Tensor, num_seqs: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """The minibatch loss restricted to microbatch ``mb`` (whole-minibatch denominators),
-    so that the sum over microbatches is the minibatch loss."""
-    a = cfg.algo
-    logits, values = forward(state.model, state.value_head, mb, cfg.model.dtype)
-    logp = losses.token_logprobs(process_logits(logits, sampling), mb.tokens)        # (n, T)
-    policy = POLICY_LOSSES[a.policy_loss](logp, mb.logprobs, mb.advantages, mb.mask, a)
-    agg = dict(mask=mb.mask, mode=a.aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
-    loss = losses.aggregate(policy, **agg)
-    stats = {"loss/policy": float(loss.detach())}
-    if a.entropy_coef:
-        tempered = logits / sampling.temperature if sampling.temperature > 0 else logits
-        bonus = losses.aggregate(losses.entropy(tempered), **agg)
-        loss = loss - a.entropy_coef * bonus
-        stats["loss/entropy"] = float(bonus.detach())
-    if mb.ref_logprobs is not None and not cfg.kl.in_reward:
-        kl_term = losses.aggregate(losses.kl(logp, mb.ref_logprobs, cfg.kl.kind), **agg)
-        loss = loss + state.kl_coef.value * kl_term
-        stats["loss/kl"] = float(kl_term.detach())
-    if values is not None:
-        vloss = losses.aggregate(losses.value_loss(values, mb.values, mb.returns, a.value_clip), **agg)
-        loss = loss + a.value_coef * vloss
-        stats["loss/value"] = float(vloss.detach())
-    with torch.no_grad():
-        stats["policy/approx_kl"] = float(losses.aggregate(losses.kl(logp, mb.logprobs, "k3"), **agg))
-        if a.policy_loss in CLIPPED_LOSSES:
-            stats["policy/clip_frac"] = float(losses.ppo_clip_fraction(
-                logp, mb.logprobs, mb.advantages, a.clip_low, a.clip_high, mb.mask) * mb.mask.sum() / num_tokens)
-    return loss, stats
-
-
-def update(state: TrainState, cfg: Config, sampling: SamplingConfig) -> dict[str, float]:
-    """Epochs of shuffled minibatches over the buffer, accumulating microbatch gradients."""
-    t, totals, n_updates = cfg.train, {}, 0
-    params = state.parameters()
-    for _ in range(cfg.algo.epochs):
-        for mb in state.buffer.minibatches(t.minibatch_size or len(state.buffer), state.shuffle_generator):
-            num_tokens = mb.mask.sum()
-            num_seqs = (mb.mask.sum(dim=1) > 0).sum()
-            state.optimizer.zero_grad(set_to_none=True)
-            size = t.microbatch_size or mb.num_sequences
-            step_stats: dict[str, float] = {}
-            finite = True
-            for start in range(0, mb.num_sequences, size):
-                micro = mb.select(torch.arange(start, min(start + size, mb.num_sequences)))
-                loss, stats = microbatch_loss(state, micro, cfg, sampling, num_tokens, num_seqs)
-                finite &= bool(torch.isfinite(loss))
-                loss.backward()
-                for k, v in stats.items():
-                    step_stats[k] = step_stats.get(k, 0.0) + v
-            fault_point("update", state.step)
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or math.inf)
-            if finite and bool(torch.isfinite(norm)):
-                state.optimizer.step()
-                state.bad_steps = 0
-            else:
-                # a NaN or inf anywhere would poison the weights and Adam's moments: skip
-                state.optimizer.zero_grad(set_to_none=True)
-                state.bad_steps += 1
-                step_stats["optim/skipped"] = 1.0
-                if state.bad_steps >= cfg.train.max_bad_steps:
-                    raise TrainingError(f"{state.bad_steps} updates in a row had a non-finite loss or gradient; "
-                                        "lower optim.lr or check the rewards (train.max_bad_steps stops here)")
-            step_stats["optim/grad_norm"] = float(norm)
-            for k, v in step_stats.items():
-                totals[k] = totals.get(k, 0.0) + v
-            n_updates += 1
-    return {k: v / max(n_updates, 1) for k, v in totals.items()}
 
 
 # -------------------------------------------------------------------------- step
@@ -226,29 +154,39 @@ def update(state: TrainState, cfg: Config, sampling: SamplingConfig) -> dict[str
 def collect(state: TrainState, cfg: Config) -> tuple[Rollout, dict[str, float]]:
     """Prompts -> rollout -> rewards (KL included) -> advantages -> buffer.
 
-    returns the scored batch and the collection's metrics.
+    returns the whole step's scored batch (every process's rows) and the collection's
+    metrics; the buffer holds this process's rows.
     """
-    sampling, t0 = cfg.sampling, time.perf_counter()
-    examples = state.sampler.sample(cfg.train.prompts_per_step)
+    sampling, t, t0 = cfg.sampling, cfg.train, time.perf_counter()
+    examples = state.sampler.sample(t.prompts_per_step)      # the step's B prompts, alike on every process
+    first, mine = distributed.shard(examples)                # this process's B/W of them, prompt-major
+    width = longest_prompt(state.tokenizer, examples, cfg.model.chat_template)   # every process pads alike
+    seeds = sample_seeds(t.seed, state.step, first, len(mine), t.group_size)
     with torch.no_grad():
-        batch = rollout(state.model, state.tokenizer, state.task, examples, cfg.train.group_size, sampling,
-                        state.rollout_generator, cfg.model.chat_template, autocast(cfg.model.dtype),
-                        skip_bad_rewards=cfg.train.on_bad_reward == "skip")
+        batch = rollout(state.model, state.tokenizer, state.task, mine, t.group_size, sampling, None,
+                        cfg.model.chat_template, autocast(cfg.model.dtype),
+                        skip_bad_rewards=t.on_bad_reward == "skip", seeds=seeds, prompt_width=width)
+    batch.prompt_index += first
     fault_point("rollout", state.step)
     t_rollout = time.perf_counter() - t0
-    reward_metrics = state.task.last_reward_components()   # each reward under its own name
-    task_scores = batch.scores                             # before any KL penalty
+    # each reward's mean under its own name: the mean of the processes' equal shares
+    reward_metrics = distributed.mean_over_ranks(state.task.last_reward_components())
     add_values(state, batch, cfg.model.dtype)
-    kl_seq = add_reference(state, batch, cfg, sampling) if state.reference is not None else 0.0
+    if state.reference is not None:
+        add_reference(state, batch, cfg, sampling)
     estimator = ESTIMATORS[cfg.algo.estimator]
     if estimator.greedy:
-        add_greedy_scores(state, batch, examples, cfg, sampling)
+        add_greedy_scores(state, batch, mine, cfg, sampling, width)
+    # from here on every process holds the whole batch (N rows) and computes what one process would
+    batch = distributed.gather_rollout(batch)
+    task_scores = batch.scores                             # before any KL penalty
+    kl_seq = charge_kl(state, batch, cfg) if batch.ref_logprobs is not None else 0.0
     advantages, returns = estimator.fn(batch, cfg.algo, state.baseline)
     if cfg.algo.whiten:
         advantages = whiten(advantages, batch.mask) * batch.mask
     batch.advantages, batch.returns = advantages, returns
     state.buffer.clear()                                   # on-policy: this step's data only
-    state.buffer.add(batch, state.step)
+    state.buffer.add(distributed.own_rows(batch), state.step)
 
     mask = batch.mask
     n_tokens = max(float(mask.sum()), 1.0)
@@ -295,38 +233,40 @@ def train(cfg: Config, run_dir: Path, progress: Callable[[dict[str, float]], Non
     loaded and the first evaluation has run, before anything is written. With
     ``resume`` the run continues from the newest complete checkpoint in run_dir, and
     ends with the weights an uninterrupted run would have.
+    Under torchrun every process calls this; rank 0 alone runs ``on_start`` and writes.
     Returns {"steps", "eval_before", "eval_after", "stopped_early", "state"}.
     """
     import yaml
 
-    from tokrl.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint
+    from tokrl.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint
     from tokrl.config import to_dict
 
     check_sinks(cfg.log)             # a missing wandb fails before anything is written
+    distributed.init(cfg)            # under torchrun: join the other processes
+    main = distributed.is_main()
     state = build_state(cfg)
     eval_sampling = SamplingConfig(cfg.sampling.max_new_tokens, temperature=0.0)
     test = state.task.examples("test")[: cfg.train.eval_samples]
     config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
     def run_eval() -> tuple[dict[str, float], list[dict]]:
+        # every process evaluates the same examples: under FSDP each forward pass needs them all
         return evaluate(state.model, state.tokenizer, state.task, test, eval_sampling,
                         cfg.model.chat_template, autocast(cfg.model.dtype))
 
     if resume:
-        checkpoints = complete_checkpoints(run_dir)
-        if not checkpoints:
-            raise ValueError(f"{run_dir} has no complete checkpoint to resume from; start it again without --resume")
-        load_checkpoint(checkpoints[-1], state)
+        load_checkpoint(distributed.run_on_main(lambda: newest_checkpoint(run_dir)), state)
         # drop what the crashed process logged after its last checkpoint
-        before = truncate_logs(run_dir, state.step)
-        writer = MetricsWriter(run_dir, cfg.log, to_dict(cfg), resume_step=state.step)
+        before = distributed.run_on_main(lambda: truncate_logs(run_dir, state.step))
+        writer = MetricsWriter(run_dir, cfg.log, to_dict(cfg), resume_step=state.step) if main else NoWriter()
     else:
         before, before_samples = run_eval()
         # only now has every part loaded and run once: bad input has written nothing
         if on_start is not None:
-            on_start()
-        writer = MetricsWriter(run_dir, cfg.log, to_dict(cfg))
+            distributed.run_on_main(on_start)
+        writer = MetricsWriter(run_dir, cfg.log, to_dict(cfg)) if main else NoWriter()
         writer.write_eval(0, before, before_samples)
+    saved_step = state.step if resume else None
     stopped_early = False
     t = cfg.train
     while state.step < t.max_steps and not stopped_early:
@@ -342,19 +282,40 @@ def train(cfg: Config, run_dir: Path, progress: Callable[[dict[str, float]], Non
         stopped_early = t.target_reward is not None and state.reward_avg.value >= t.target_reward
         if t.checkpoint_every and state.step % t.checkpoint_every == 0 and state.step < t.max_steps:
             save_checkpoint(run_dir, state, config_yaml, t.keep_checkpoints)
-    if not complete_checkpoints(run_dir) or complete_checkpoints(run_dir)[-1].name != f"step-{state.step:08d}":
+            saved_step = state.step
+    if saved_step != state.step:
         save_checkpoint(run_dir, state, config_yaml, t.keep_checkpoints)
     after, after_samples = run_eval()
     writer.write_eval(state.step, after, after_samples)
     if t.save_model:
-        save_policy(state.model, state.tokenizer, run_dir / "model")
+        export_model(state, cfg, run_dir / "model")
     writer.close()
-    if cfg.log.report:
+    if cfg.log.report and main:
         from tokrl.report import write_report
 
         write_report(run_dir)
     return {"steps": state.step, "eval_before": before, "eval_after": after, "stopped_early": stopped_early,
             "state": state}
+
+
+class NoWriter:
+    """The log writer of ranks other than 0: rank 0 alone writes the run directory."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def export_model(state: TrainState, cfg: Config, directory: Path) -> None:
+    """The trained policy in Hugging Face format, written by rank 0 (every process calls this)."""
+    if not distributed.is_sharded(state.model):
+        if distributed.is_main():
+            save_policy(state.model, state.tokenizer, directory)
+        return
+    weights = distributed.full_state_dict(state.model, trainable_only=False)   # whole tensors on rank 0
+    if distributed.is_main():
+        model, _ = load_policy(cfg.model)            # an unsharded twin to pour them into
+        model.load_state_dict(weights)
+        save_policy(model, state.tokenizer, directory)
 
 
 def truncate_logs(run_dir: Path, step: int) -> dict[str, float]:
