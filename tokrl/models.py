@@ -31,11 +31,12 @@ def load_policy(cfg: ModelConfig):
     """(model, tokenizer) from ``cfg.name``: a directory, a .gguf file or a built-in name.
 
     Weights are float32 (the master copy Adam updates); ``cfg.dtype`` only sets the
-    autocast dtype of forward passes. A tokenizer without a pad token pads with EOS:
+    autocast dtype of forward passes. Attention is tokrl's (``tokrl.attention``). A tokenizer without a pad token pads with EOS:
     tokrl never reads padding from token ids (lengths and masks say where it is).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tokrl.attention import use_tokrl_attention
     from tokrl.pretrained import resolve_model
 
     directory = resolve_model(cfg.name, cfg.cache_dir)
@@ -53,6 +54,7 @@ def load_policy(cfg: ModelConfig):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    use_tokrl_attention(model)
     if cfg.lora_rank > 0:
         model = add_lora(model, cfg)
     return model, tokenizer
