@@ -5,20 +5,20 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from tokrl.config import SamplingConfig
+from tokrl.config import ModelConfig, SamplingConfig
 from tokrl.env import TokenEnv
 from tokrl.losses import entropy as full_entropy
-from tokrl.rollout import encode_batch, generate, inverse_cdf, longest_prompt, process_logits, rollout, sample_seeds
+from tokrl.models import load_policy
+from tokrl.rollout import (_PreallocatedLayer, encode_batch, generate, inverse_cdf, longest_prompt, process_logits,
+                           rollout, sample_seeds)
 from tokrl.tasks import TargetMatch, Task
 
 
 @pytest.fixture(scope="module")
 def policy(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    return model, tokenizer
+    """The tiny model as tokrl loads a policy (tokrl's attention)."""
+    model, tokenizer = load_policy(ModelConfig(name=str(tiny_model_dir)))
+    return model.eval(), tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +108,47 @@ def test_one_forward_per_token_with_kv_cache(policy):
     assert out["tokens"].shape == (3, 10)
     # prefill once over the prompt, then one single-token pass per new token but the last
     assert widths == [ids.shape[1]] + [1] * 9
+
+
+def test_a_group_shares_one_prefill_and_samples_what_separate_prefills_sample(policy):
+    model, tokenizer = policy
+    examples = [{"prompt": p} for p in ("ab=", "abcd=")]
+    ids, mask = encode_batch(tokenizer, examples, group_size=3)               # (6, P), prompt-major
+    seeds = sample_seeds(7, 0, 0, 2, 3)
+    rows = []
+    hook = model.register_forward_pre_hook(lambda mod, args, kwargs: rows.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    try:
+        shared = generate(model, ids, mask, SamplingConfig(6, 1.0), -1, tokenizer.pad_token_id, seeds=seeds,
+                          group_size=3)
+    finally:
+        hook.remove()
+    alone = generate(model, ids, mask, SamplingConfig(6, 1.0), -1, tokenizer.pad_token_id, seeds=seeds)
+    assert rows[0] == 2 and set(rows[1:]) == {6}        # the prefill ran on the 2 prompts, decoding on 6 rows
+    assert torch.equal(shared["tokens"], alone["tokens"])
+    assert torch.allclose(shared["logprobs"], alone["logprobs"], atol=1e-5)
+    assert torch.allclose(shared["entropy"], alone["entropy"], atol=1e-5)
+
+
+def test_group_size_must_describe_the_rows(policy):
+    model, tokenizer = policy
+    ids, mask = encode_batch(tokenizer, [{"prompt": "ab="}, {"prompt": "ba="}], group_size=2)
+    with pytest.raises(ValueError, match="not groups of 4"):
+        generate(model, ids, mask, SamplingConfig(2, 1.0), -1, tokenizer.pad_token_id, group_size=4)
+    with pytest.raises(ValueError, match="not groups of 2"):     # rows 0 and 1 hold different prompts
+        generate(model, ids[[0, 2, 1, 3]], mask, SamplingConfig(2, 1.0), -1, tokenizer.pad_token_id, group_size=2)
+
+
+def test_preallocated_cache_layer_writes_in_place_and_refuses_to_overflow():
+    keys, values = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
+    layer = _PreallocatedLayer(keys, values, capacity=5)
+    buffer = layer.keys.data_ptr()
+    k, v = layer.update(torch.ones(2, 1, 1, 4), torch.zeros(2, 1, 1, 4))
+    assert k.shape == (2, 1, 4, 4) and k.data_ptr() == buffer               # no new allocation
+    assert torch.equal(k[:, :, :3], keys) and torch.equal(k[:, :, 3], torch.ones(2, 1, 4))
+    assert torch.equal(v[:, :, :3], values) and layer.get_seq_length() == 4
+    with pytest.raises(RuntimeError, match="KV cache full"):
+        layer.update(torch.ones(2, 1, 2, 4), torch.ones(2, 1, 2, 4))
 
 
 def test_rows_stop_at_eos_and_task_caps(policy, task):

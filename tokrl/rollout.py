@@ -16,6 +16,7 @@ import hashlib
 
 import torch
 from torch import Tensor
+from transformers.cache_utils import DynamicLayer
 
 from tokrl import distributed
 from tokrl.config import SamplingConfig
@@ -127,13 +128,15 @@ def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
 @torch.no_grad()
 def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingConfig, eos_id: int,
              pad_id: int, caps: Tensor | None = None, generator: torch.Generator | None = None,
-             autocast=None, seeds: Tensor | None = None) -> dict[str, Tensor]:
+             autocast=None, seeds: Tensor | None = None, group_size: int = 1) -> dict[str, Tensor]:
     """Sample completions for left-padded prompts with a KV cache.
 
-    prompt_ids, prompt_mask: (N, P). caps: (N,) long, per-row episode lengths set by
-    the task (None: max_new_tokens). A row stops after EOS or at its cap.
-    seeds: (N,) long, the seed of each row's noise (``sample_seeds``); without them each
-    row's seed is drawn from ``generator`` (or torch's global generator).
+    prompt_ids, prompt_mask: (N, P); with ``group_size`` G > 1, rows g*G .. g*G+G-1 hold
+    the same prompt (``encode_batch``'s order), which is then encoded once, not G times.
+    caps: (N,) long, per-row episode lengths set by the task (None: max_new_tokens).
+    A row stops after EOS or at its cap. seeds: (N,) long, the seed of each row's noise
+    (``sample_seeds``); without them each row's seed is drawn from ``generator`` (or
+    torch's global generator). autocast: the context of the forward passes, entered once.
     returns tokens (N, T) long, lengths (N,) long, logprobs (N, T), entropy (N, T)
     float32, with T <= max_new_tokens (the longest completion).
     A model sharded over processes (FSDP) runs one forward pass per token on all of them
@@ -141,8 +144,11 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingC
     """
     from contextlib import nullcontext
 
-    ctx = autocast if autocast is not None else nullcontext()
     N, P = prompt_ids.shape
+    G = group_size
+    if G > 1 and (N % G or not torch.equal(prompt_ids, prompt_ids[::G].repeat_interleave(G, dim=0))
+                  or not torch.equal(prompt_mask, prompt_mask[::G].repeat_interleave(G, dim=0))):
+        raise ValueError(f"generate: group_size={G} but the rows are not groups of {G} copies of one prompt")
     Tmax = sampling.max_new_tokens
     caps = torch.full((N,), Tmax) if caps is None else caps.clamp(max=Tmax)
     tokens = torch.full((N, Tmax), pad_id, dtype=torch.long)
@@ -154,41 +160,88 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingC
         if seeds is None:
             seeds = torch.randint(0, 2**62, (N,), generator=generator)
         noise = row_uniforms(seeds, Tmax)                                  # (N, Tmax) float64
-    attention = prompt_mask.clone()                                        # (N, P + t)
+    # without top-k / top-p the sampled distribution is the tempered one, whose entropy
+    # then comes from the same log-probs; with them it needs its own pass
+    filtered = sampling.top_k > 0 or sampling.top_p < 1.0
+    attention = torch.cat([prompt_mask, torch.ones(N, Tmax, dtype=prompt_mask.dtype)], dim=1)  # (N, P + Tmax)
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)              # (N, P)
-    with ctx:
-        out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True,
-                    logits_to_keep=1)
-    cache, logits = out.cache, out.logits[:, -1]                           # (N, V)
-    next_pos = positions[:, -1:] + 1                                       # (N, 1)
     T = 0
-    for t in range(Tmax):
-        if distributed.all_done(done, model):
-            break
-        z = process_logits(logits, sampling)                               # (N, V) float32
-        logp_all = torch.log_softmax(z, dim=-1)
-        if sampling.temperature == 0:
-            token = z.argmax(dim=-1)
-        else:
-            token = inverse_cdf(logp_all.exp(), noise[:, t])
-        alive = ~done
-        token = torch.where(alive, token, torch.full_like(token, pad_id))
-        tokens[:, t] = token
-        logprobs[:, t] = torch.where(alive, logp_all.gather(1, token[:, None]).squeeze(1), 0.0)
-        tempered = logits.float() / sampling.temperature if sampling.temperature > 0 else logits.float()
-        entropies[:, t] = torch.where(alive, full_entropy(tempered[:, None, :]).squeeze(1), 0.0)
-        lengths += alive.long()
-        done = done | (token == eos_id) | (lengths >= caps)
-        T = t + 1
-        if distributed.all_done(done, model):
-            break
-        attention = torch.cat([attention, torch.ones(N, 1, dtype=attention.dtype)], dim=1)
-        with ctx:
-            out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_pos,
+    # one autocast region for the whole rollout: inside it, each weight is cast to the
+    # autocast dtype once (autocast's cast cache), not once per token
+    with autocast if autocast is not None else nullcontext():
+        out = model(input_ids=prompt_ids[::G], attention_mask=attention[::G, :P], position_ids=positions[::G],
+                    use_cache=True, logits_to_keep=1)
+        cache = preallocate(out.cache, repeats=G, capacity=P + Tmax)
+        logits = out.logits[:, -1].repeat_interleave(G, dim=0)            # (N, V)
+        next_pos = positions[:, -1:] + 1                                   # (N, 1)
+        for t in range(Tmax):
+            if distributed.all_done(done, model):
+                break
+            z = process_logits(logits, sampling)                           # (N, V) float32
+            logp_all = torch.log_softmax(z, dim=-1)
+            probs = logp_all.exp()
+            token = z.argmax(dim=-1) if sampling.temperature == 0 else inverse_cdf(probs, noise[:, t])
+            alive = ~done
+            token = torch.where(alive, token, torch.full_like(token, pad_id))
+            tokens[:, t] = token
+            logprobs[:, t] = torch.where(alive, logp_all.gather(1, token[:, None]).squeeze(1), 0.0)
+            if filtered:
+                tempered = logits.float() / sampling.temperature if sampling.temperature > 0 else logits.float()
+                ent = full_entropy(tempered[:, None, :]).squeeze(1)
+            else:
+                ent = -(probs * logp_all).sum(dim=-1)
+            entropies[:, t] = torch.where(alive, ent, 0.0)
+            lengths += alive.long()
+            done = done | (token == eos_id) | (lengths >= caps)
+            T = t + 1
+            if distributed.all_done(done, model):
+                break
+            out = model(input_ids=token[:, None], attention_mask=attention[:, : P + t + 1], position_ids=next_pos,
                         cache=cache, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1]
-        next_pos = next_pos + 1
+            cache, logits = out.cache, out.logits[:, -1]
+            next_pos = next_pos + 1
     return {"tokens": tokens[:, :T], "lengths": lengths, "logprobs": logprobs[:, :T], "entropy": entropies[:, :T]}
+
+
+class _PreallocatedLayer(DynamicLayer):
+    """A KV-cache layer whose keys and values are written into buffers allocated once.
+
+    transformers' DynamicLayer concatenates each new position onto the cache, copying
+    the whole cache every token (O(T^2) copying over a rollout); here a token costs one
+    write. keys, values: (B, KV, n, D) views of (B, KV, capacity, D) buffers.
+    """
+
+    def __init__(self, keys: Tensor, values: Tensor, capacity: int):
+        super().__init__()
+        self.device = keys.device
+        self._keys = keys.new_empty(*keys.shape[:2], capacity, keys.shape[3])
+        self._values = values.new_empty(*values.shape[:2], capacity, values.shape[3])
+        self.length = 0
+        self.is_initialized = True
+        self.update(keys, values)
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        n, m = self.length, self.length + key_states.shape[2]
+        if m > self._keys.shape[2]:
+            raise RuntimeError(f"KV cache full: {m} positions, capacity {self._keys.shape[2]}")
+        self._keys[:, :, n:m] = key_states
+        self._values[:, :, n:m] = value_states
+        self.length = m
+        self.keys, self.values = self._keys[:, :, :m], self._values[:, :, :m]
+        return self.keys, self.values
+
+
+def preallocate(cache, repeats: int, capacity: int):
+    """The prefill's cache with each row repeated ``repeats`` times and its plain
+    (full-attention) layers moved into preallocated buffers of ``capacity`` positions;
+    other kinds of layer (sliding windows, ...) are kept as transformers made them."""
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
+            cache.layers[i] = _PreallocatedLayer(layer.keys.repeat_interleave(repeats, dim=0),
+                                                 layer.values.repeat_interleave(repeats, dim=0), capacity)
+        elif repeats > 1:
+            layer.batch_repeat_interleave(repeats)
+    return cache
 
 
 def score(task: Task, examples: list[Example], tokens: Tensor, lengths: Tensor, texts: list[str],
@@ -266,7 +319,7 @@ def rollout(model, tokenizer, task: Task, examples: list[Example], group_size: i
     rows = [ex for ex in examples for _ in range(group_size)]
     caps = torch.tensor([task.max_tokens(ex) or sampling.max_new_tokens for ex in rows], dtype=torch.long)
     out = generate(model, prompt_ids, prompt_mask, sampling, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                   caps, generator, autocast, seeds)
+                   caps, generator, autocast, seeds, group_size)
     tokens, lengths = out["tokens"], out["lengths"]
     texts = tokenizer.batch_decode([tokens[i, : lengths[i]] for i in range(len(rows))], skip_special_tokens=True)
     rewards, bad = score(task, rows, tokens, lengths, texts, skip_bad_rewards)
