@@ -6,9 +6,8 @@
 Profiles, each after one unprofiled warm-up:
 
   rollout/trainer   tokrl.rollout.generate exactly as the trainer calls it: float32
-                    weights, tokrl.models.autocast("bfloat16") passed in (entered
-                    around every forward pass)
-  rollout/outer     the same call inside ONE torch.autocast around the whole generate
+                    weights, tokrl.models.autocast("bfloat16") passed in (generate
+                    enters it once, so each weight is cast once per rollout)
   rollout/bf16      the same call on a bfloat16-weight copy of the model, no autocast
   update            tokrl.trainer.update on one collected batch (bf16 autocast)
 
@@ -52,9 +51,9 @@ def experiments(args, state, cfg, torch) -> dict:
     sampler   torch.multinomial (what generate uses: one exponential per vocab entry per row)
               vs inverse-CDF sampling (cumsum + one uniform per row + searchsorted), on
               (N, V) float32 probabilities at N = 16 and 64
-    optimizer AdamW.step over the policy's parameters: tokrl's (torch default: per-tensor
-              loop on CPU) vs foreach=True vs fused=True
-    attention the whole update with the model's default SDPA attention vs eager attention
+    optimizer AdamW.step over the policy's parameters: torch's default (per-tensor loop on
+              CPU) vs foreach=True vs fused=True (what tokrl uses)
+    attention the whole update with tokrl's attention vs transformers' SDPA and eager
     """
     from _common import interleave, paired_ratios, summarize
 
@@ -121,11 +120,12 @@ def experiments(args, state, cfg, torch) -> dict:
             return {"seconds": c.wall}
         return run
 
-    S = interleave({"sdpa": updater("sdpa"), "eager": updater("eager")}, reps, warmup=1, log=log)
-    model.set_attn_implementation("sdpa")
+    S = interleave({k: updater(k) for k in ("tokrl", "sdpa", "eager")}, reps, warmup=1, log=log)
+    model.set_attn_implementation("tokrl")
     out["update_attention"] = {k: summarize(v["seconds"]) for k, v in S.items()}
-    out["update_attention"]["sdpa_over_eager_seconds"] = paired_ratios(S["sdpa"]["seconds"],
-                                                                       S["eager"]["seconds"])["median"]
+    for k in ("sdpa", "eager"):
+        out["update_attention"][f"{k}_over_tokrl_seconds"] = paired_ratios(S[k]["seconds"],
+                                                                          S["tokrl"]["seconds"])["median"]
     return out
 
 
@@ -223,12 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"[profile] {name}: {c.wall:.2f}s, {n / c.wall:.1f} tok/s, phases {results[name]['phase_shares']}")
 
     no = nullcontext
-    bf16_outer = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     batches = [args.batch] + ([1] if args.rollout_batch_1 else [])
     for b in batches:
         sfx = f"/batch{b}"
         profile_rollout("rollout/trainer" + sfx, model, b, no, lambda: autocast("bfloat16"))
-        profile_rollout("rollout/outer" + sfx, model, b, bf16_outer, None)
         profile_rollout("rollout/bf16" + sfx, model_bf16, b, no, None)
 
     # the update, on a batch collected the trainer's way
@@ -251,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["results"] = results
     report["ratios"] = {
         f"rollout_{k}_over_trainer_tokens_per_s/batch{b}": results[f"rollout/{k}/batch{b}"]["tokens_per_s"]
-        / results[f"rollout/trainer/batch{b}"]["tokens_per_s"] for b in batches for k in ("outer", "bf16")}
+        / results[f"rollout/trainer/batch{b}"]["tokens_per_s"] for b in batches for k in ("bf16",)}
     report["wall_s"] = round(time.perf_counter() - t_start, 1)
     out = args.out if args.out is not None else str(RESULTS / ("hotspots-quick.json" if q else "hotspots.json"))
     emit(report, None if out == "-" else out)

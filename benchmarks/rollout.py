@@ -11,12 +11,17 @@ eos_token_id=None), so generated tokens per second compare like for like. tokrl 
 records each token's log-prob and full-vocabulary entropy (the rollout needs them);
 transformers' generate does not, so that work is on tokrl's side of the ratio.
 
+Engines: ``tokrl`` is tokrl.rollout.generate on the model as tokrl loads it (tokrl's
+attention, tokrl/attention.py); ``hf`` is model.generate with the model's default
+attention (SDPA); ``hf-eager`` is model.generate with transformers' eager attention,
+which is HF's fastest on this CPU. The headline ratio is tokrl over ``hf`` (what
+``model.generate`` does out of the box); the ratio over ``hf-eager`` is reported beside it.
+
 Precision (SmolLM2): ``--tokrl-precision`` and ``--hf-precision`` each take
-``bf16`` (bfloat16 weights), ``autocast`` (float32 weights, torch.autocast bf16 entered
-once around the whole call) or ``autocast-per-step`` (tokrl only: float32 weights and
-tokrl.models.autocast passed to generate, entered around each forward pass, exactly as
-tokrl's trainer calls it). ``--extra-variants`` adds more of them to the same interleaved
-rounds. The tiny model always runs in float32.
+``bf16`` (bfloat16 weights) or ``autocast`` (float32 weights, bf16 autocast around the
+whole call: for tokrl, tokrl.models.autocast passed to generate, exactly as tokrl's
+trainer calls it). ``--extra-variants`` adds engine:precision pairs to the same
+interleaved rounds. The tiny model always runs in float32.
 
 Prints one JSON object (see benchmarks/_common.py) and writes it to --out.
 """
@@ -51,11 +56,16 @@ TINY_PROMPTS = ["abcd=", "hello world =", "12+34=", "copy this: xyz ="]
 MODELS = {"smollm2": "smollm2-135m-instruct", "tiny": "tiny-random"}
 
 
-def load(model_key: str, precision: str, cache_dir: str):
-    """(model, tokenizer) in eval mode; precision fp32 or bf16 weights."""
+ATTENTION = {"tokrl": "tokrl", "hf": "sdpa", "hf-eager": "eager"}
+"""the attention implementation each engine runs with"""
+
+
+def load(model_key: str, precision: str, cache_dir: str, attention: str = "tokrl"):
+    """(model, tokenizer) in eval mode; precision fp32 or bf16 weights; attention tokrl, sdpa or eager."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tokrl.attention import use_tokrl_attention
     from tokrl.pretrained import resolve_model
 
     directory = resolve_model(MODELS[model_key], cache_dir=cache_dir)
@@ -63,7 +73,10 @@ def load(model_key: str, precision: str, cache_dir: str):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=dtype, attn_implementation=None if attention == "tokrl" else attention).eval()
+    if attention == "tokrl":
+        use_tokrl_attention(model)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
@@ -95,14 +108,12 @@ def tokrl_runner(model, tokenizer, ids, mask, new_tokens: int, precision: str, s
     from tokrl.rollout import generate
 
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, top_k=0, top_p=1.0)
-    outer = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "autocast" else nullcontext()
-    per_step = autocast("bfloat16") if precision == "autocast-per-step" else None
     gen = torch.Generator().manual_seed(seed)
 
     def run() -> dict[str, float]:
-        with Clock() as c, outer:
-            out = generate(model, ids, mask, sampling, eos_id=-1, pad_id=tokenizer.pad_token_id,
-                           generator=gen, autocast=per_step)
+        with Clock() as c:
+            out = generate(model, ids, mask, sampling, eos_id=-1, pad_id=tokenizer.pad_token_id, generator=gen,
+                           autocast=autocast("bfloat16") if precision == "autocast" else None)
         n = int(out["lengths"].sum())
         assert n == ids.shape[0] * new_tokens, (n, ids.shape, new_tokens)
         return rates(n, c)
@@ -172,7 +183,7 @@ def reencode_runner(model, tokenizer, ids, mask, new_tokens: int, precision: str
 
 
 METRICS = ("tokens_per_s", "tokens_per_cpu_s")
-VARIANT_FACTORY = {"tokrl": tokrl_runner, "hf": hf_runner}
+VARIANT_FACTORY = {"tokrl": tokrl_runner, "hf": hf_runner, "hf-eager": hf_runner}
 
 
 def variant_name(engine: str, precision: str) -> str:
@@ -191,7 +202,7 @@ def bench_generate(args, model_key: str, models: dict, batches: list[int], new_t
     for batch in batches:
         runners, warm = {}, []
         for engine, precision in variants:
-            model, tokenizer = models[weights_of(precision)]
+            model, tokenizer = models[weights_of(precision), ATTENTION[engine]]
             ids, mask = prompts_for(model_key, tokenizer, batch)
             runners[variant_name(engine, precision)] = VARIANT_FACTORY[engine](
                 model, tokenizer, ids, mask, new_tokens, precision)
@@ -211,16 +222,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,16,64; quick 1,4)")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens generated per row (default 64; quick 8)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds after one warm-up (default 3; quick 2)")
-    p.add_argument("--tokrl-precision", default="bf16", choices=["bf16", "autocast", "autocast-per-step"])
+    p.add_argument("--tokrl-precision", default="bf16", choices=["bf16", "autocast"])
     p.add_argument("--hf-precision", default="bf16", choices=["bf16", "autocast"])
-    p.add_argument("--extra-variants", default="tokrl:autocast-per-step",
-                   help="more SmolLM2 variants in the same rounds (default: tokrl as its trainer calls it; "
-                   "'' for none), e.g. tokrl:autocast-per-step,tokrl:autocast,hf:autocast")
+    p.add_argument("--extra-variants", default="hf-eager:bf16,tokrl:autocast",
+                   help="more SmolLM2 variants in the same rounds (default: HF with eager attention, and tokrl "
+                   "as its trainer calls it; '' for none), e.g. hf:autocast")
     p.add_argument("--kv-models", default=None, help="models for KV cache vs re-encode (default: tiny,smollm2 "
                    "restricted to --models; '' to skip)")
     p.add_argument("--kv-new-tokens", type=int, default=None, help="tokens for the KV comparison (default 256; quick 24)")
     p.add_argument("--kv-batch-tiny", type=int, default=None, help="default 16; quick 4")
-    p.add_argument("--kv-batch-smollm2", type=int, default=1)
+    p.add_argument("--kv-batches-smollm2", default="1,4",
+                   help="comma list of batch sizes for SmolLM2's KV comparison (default 1,4: at batch 1 a decoding "
+                   "step is bound by reading the weights, at 4 it still costs about the same while re-encoding costs 4x)")
     p.add_argument("--kv-new-tokens-smollm2", type=int, default=None, help="default: --kv-new-tokens")
     p.add_argument("--kv-repeats", type=int, default=None, help="rounds of the KV comparison (default 2; quick 1)")
     p.add_argument("--quick", action="store_true", help="smoke run: small batches, few tokens, few rounds")
@@ -240,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
                  if m and m in model_keys]
     args.extra_variants = [v for v in args.extra_variants.split(",") if v]
     args.kv_batch_tiny = args.kv_batch_tiny or (4 if args.quick else 16)
+    args.kv_batches_smollm2 = [int(b) for b in args.kv_batches_smollm2.split(",") if b]
 
     report = header("rollout")
     report["configuration"] = {
@@ -249,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   "extra": args.extra_variants}, "tiny": "fp32 for both"},
         "kv_cache": {"models": kv_models, "repeats": kv_repeats,
                      "new_tokens": {"tiny": kv_tokens, "smollm2": args.kv_new_tokens_smollm2 or kv_tokens},
-                     "batch": {"tiny": args.kv_batch_tiny, "smollm2": args.kv_batch_smollm2},
+                     "batch": {"tiny": args.kv_batch_tiny, "smollm2": args.kv_batches_smollm2},
                      "precision": {"tiny": "fp32", "smollm2": args.tokrl_precision}},
         "quick": args.quick, "threads": args.threads,
         "metric": "generated tokens per second of one generate call (prefill included), wall clock",
@@ -259,11 +273,12 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     for key in model_keys:
         if key == "tiny":
-            needed = {"fp32"}
+            needed = {("fp32", "tokrl"), ("fp32", "sdpa")}
         else:
-            precisions = [args.tokrl_precision, args.hf_precision] + [v.split(":")[1] for v in args.extra_variants]
-            needed = {weights_of(x) for x in precisions}
-        models = {w: load(key, w, args.cache_dir) for w in needed}
+            specs = [("tokrl", args.tokrl_precision), ("hf", args.hf_precision)] + \
+                [tuple(v.split(":")) for v in args.extra_variants]
+            needed = {(weights_of(pr), ATTENTION[e]) for e, pr in specs}
+        models = {(w, a): load(key, w, args.cache_dir, a) for w, a in needed}
         runs, variants = bench_generate(args, key, models, batches, new_tokens, repeats)
         names = [variant_name(e, pr) for e, pr in variants]
         tok_name, hf_name = names[0], names[1]
@@ -288,30 +303,32 @@ def main(argv: list[str] | None = None) -> dict:
         results["generate"][key]["variants"] = {"tokrl": tok_name, "hf": hf_name, "extra": names[2:]}
         if key in kv_models:
             precision = "fp32" if key == "tiny" else args.tokrl_precision
-            model, tokenizer = models[weights_of(precision)]
-            batch = args.kv_batch_tiny if key == "tiny" else args.kv_batch_smollm2
+            model, tokenizer = models[weights_of(precision), "tokrl"]
             kv_tokens = args.kv_new_tokens_smollm2 or kv_tokens_default if key == "smollm2" else kv_tokens_default
-            ids, mask = prompts_for(key, tokenizer, batch)
-            runners = {"kv_cache": tokrl_runner(model, tokenizer, ids, mask, kv_tokens, precision),
-                       "reencode": reencode_runner(model, tokenizer, ids, mask, kv_tokens, precision)}
-            log(f"[kv] {key} batch {batch}: prompt tokens {ids.shape[1]}, {kv_tokens} new")
-            # the warm-up is a short run: a full re-encode run is the slowest thing here
-            warm = {"kv_cache": tokrl_runner(model, tokenizer, ids, mask, 4, precision),
-                    "reencode": reencode_runner(model, tokenizer, ids, mask, 4, precision)}
-            for f in warm.values():
-                f()
-            S = interleave(runners, kv_repeats, warmup=0, log=log)
-            results["kv_cache"][key] = {"batch": batch, "prompt_tokens": int(ids.shape[1]), "new_tokens": kv_tokens,
-                                        "precision": precision,
-                                        **{m: {n: summarize(S[n][m]) for n in S} for m in METRICS}}
-            entry = {}
-            for m in METRICS:
-                suffix = "" if m == "tokens_per_s" else "_cpu"
-                entry[f"kv_over_reencode{suffix}"] = paired_ratios(S["kv_cache"][m], S["reencode"][m])["median"]
-                entry[f"kv_over_reencode{suffix}_detail"] = {
-                    "ratio_of_medians": ratio(summarize(S["kv_cache"][m]), summarize(S["reencode"][m])),
-                    "per_round": paired_ratios(S["kv_cache"][m], S["reencode"][m])}
-            ratios["kv_cache"][key] = entry
+            kv_batches = [args.kv_batch_tiny] if key == "tiny" else args.kv_batches_smollm2
+            for batch in kv_batches:
+                ids, mask = prompts_for(key, tokenizer, batch)
+                runners = {"kv_cache": tokrl_runner(model, tokenizer, ids, mask, kv_tokens, precision),
+                           "reencode": reencode_runner(model, tokenizer, ids, mask, kv_tokens, precision)}
+                log(f"[kv] {key} batch {batch}: prompt tokens {ids.shape[1]}, {kv_tokens} new")
+                # the warm-up is a short run: a full re-encode run is the slowest thing here
+                warm = {"kv_cache": tokrl_runner(model, tokenizer, ids, mask, 4, precision),
+                        "reencode": reencode_runner(model, tokenizer, ids, mask, 4, precision)}
+                for f in warm.values():
+                    f()
+                S = interleave(runners, kv_repeats, warmup=0, log=log)
+                name = f"{key}/batch_{batch}"
+                results["kv_cache"][name] = {"batch": batch, "prompt_tokens": int(ids.shape[1]),
+                                             "new_tokens": kv_tokens, "precision": precision,
+                                             **{m: {n: summarize(S[n][m]) for n in S} for m in METRICS}}
+                entry = {}
+                for m in METRICS:
+                    suffix = "" if m == "tokens_per_s" else "_cpu"
+                    entry[f"kv_over_reencode{suffix}"] = paired_ratios(S["kv_cache"][m], S["reencode"][m])["median"]
+                    entry[f"kv_over_reencode{suffix}_detail"] = {
+                        "ratio_of_medians": ratio(summarize(S["kv_cache"][m]), summarize(S["reencode"][m])),
+                        "per_round": paired_ratios(S["kv_cache"][m], S["reencode"][m])}
+                ratios["kv_cache"][name] = entry
         del models
     report["results"] = results
     report["ratios"] = ratios
@@ -321,6 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ratios of back-to-back runs (wall clock); '_cpu' ratios use process CPU seconds instead, which other "
         "processes on the machine disturb less",
         "tokrl's generate also computes per-token log-probs and full-vocabulary entropies; HF's does not",
+        "hf = model.generate as loaded (SDPA attention); hf-eager = the same with transformers' eager attention",
         "other processes share this 2-core machine: absolute tokens/s are noisy, the interleaved ratios are the claim",
     ]
     out = args.out if args.out is not None else str(RESULTS / ("rollout-quick.json" if args.quick else "rollout.json"))

@@ -90,7 +90,7 @@ def child_tokrl(args) -> dict:
     cfg.kl.coef = 0.0
     cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.max_grad_norm = args.lr, 0.0, 1.0
     cfg.train.prompts_per_step, cfg.train.group_size, cfg.train.seed = args.prompts, args.group, args.seed
-    cfg.train.minibatch_size = cfg.train.microbatch_size = 0
+    cfg.train.minibatch_size, cfg.train.microbatch_size = 0, args.microbatch
     validate(cfg)
     t_load = time.perf_counter()
     state = build_state(cfg)
@@ -188,7 +188,7 @@ def spawn(framework: str, steps: int, args, workdir: Path, tag: str) -> dict:
     cmd = [sys.executable, __file__, "--child", framework, "--result", str(result), "--steps", str(steps),
            "--threads", str(args.threads), "--cache-dir", args.cache_dir, "--lr", str(args.lr),
            "--new-tokens", str(args.new_tokens), "--prompts", str(args.prompts), "--group", str(args.group),
-           "--seed", str(args.seed), "--trl-grad-ckpt", args.trl_grad_ckpt]
+           "--seed", str(args.seed), "--trl-grad-ckpt", args.trl_grad_ckpt, "--microbatch", str(args.microbatch)]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(args.threads),
                TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     log(f"[step] {tag}: {framework}, {steps} timed steps + 1 warm-up")
@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--group", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--microbatch", type=int, default=0,
+                   help="tokrl's train.microbatch_size: rows per forward/backward pass (default 0: all 16 at once)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trl-grad-ckpt", default="on", choices=["on", "off"],
                    help="TRL's gradient checkpointing (its default: on)")

@@ -39,6 +39,7 @@ def test_rollout_benchmark_quick_on_tiny_model(tmp_path):
             assert entry["tokens_per_cpu_s"][variant]["median"] > 0
         r = report["ratios"]["generate"]["tiny"][f"batch_{batch}"]
         assert r["tokrl_over_hf"] > 0 and r["tokrl_over_hf_cpu"] > 0
-    kv = report["ratios"]["kv_cache"]["tiny"]
+    batch = report["configuration"]["kv_cache"]["batch"]["tiny"]
+    kv = report["ratios"]["kv_cache"][f"tiny/batch_{batch}"]
     assert kv["kv_over_reencode"] > 0 and kv["kv_over_reencode_cpu"] > 0
     assert "smollm2" not in report["results"]["generate"]
