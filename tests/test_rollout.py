@@ -9,8 +9,7 @@ from tokrl.config import ModelConfig, SamplingConfig
 from tokrl.env import TokenEnv
 from tokrl.losses import entropy as full_entropy
 from tokrl.models import load_policy
-from tokrl.rollout import (_PreallocatedLayer, encode_batch, generate, inverse_cdf, longest_prompt, process_logits,
-                           rollout, sample_seeds)
+from tokrl.rollout import encode_batch, generate, inverse_cdf, longest_prompt, process_logits, rollout, sample_seeds
 from tokrl.tasks import TargetMatch, Task
 
 
@@ -137,18 +136,6 @@ def test_group_size_must_describe_the_rows(policy):
         generate(model, ids, mask, SamplingConfig(2, 1.0), -1, tokenizer.pad_token_id, group_size=4)
     with pytest.raises(ValueError, match="not groups of 2"):     # rows 0 and 1 hold different prompts
         generate(model, ids[[0, 2, 1, 3]], mask, SamplingConfig(2, 1.0), -1, tokenizer.pad_token_id, group_size=2)
-
-
-def test_preallocated_cache_layer_writes_in_place_and_refuses_to_overflow():
-    keys, values = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
-    layer = _PreallocatedLayer(keys, values, capacity=5)
-    buffer = layer.keys.data_ptr()
-    k, v = layer.update(torch.ones(2, 1, 1, 4), torch.zeros(2, 1, 1, 4))
-    assert k.shape == (2, 1, 4, 4) and k.data_ptr() == buffer               # no new allocation
-    assert torch.equal(k[:, :, :3], keys) and torch.equal(k[:, :, 3], torch.ones(2, 1, 4))
-    assert torch.equal(v[:, :, :3], values) and layer.get_seq_length() == 4
-    with pytest.raises(RuntimeError, match="KV cache full"):
-        layer.update(torch.ones(2, 1, 2, 4), torch.ones(2, 1, 2, 4))
 
 
 def test_rows_stop_at_eos_and_task_caps(policy, task):

@@ -16,7 +16,6 @@ import hashlib
 
 import torch
 from torch import Tensor
-from transformers.cache_utils import DynamicLayer
 
 from tokrl import distributed
 from tokrl.config import SamplingConfig
@@ -171,7 +170,9 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingC
     with autocast if autocast is not None else nullcontext():
         out = model(input_ids=prompt_ids[::G], attention_mask=attention[::G, :P], position_ids=positions[::G],
                     use_cache=True, logits_to_keep=1)
-        cache = preallocate(out.cache, repeats=G, capacity=P + Tmax)
+        cache = out.cache
+        if G > 1:
+            cache.batch_repeat_interleave(G)                               # each prompt's cache, G times
         logits = out.logits[:, -1].repeat_interleave(G, dim=0)            # (N, V)
         next_pos = positions[:, -1:] + 1                                   # (N, 1)
         for t in range(Tmax):
@@ -201,47 +202,6 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling: SamplingC
             cache, logits = out.cache, out.logits[:, -1]
             next_pos = next_pos + 1
     return {"tokens": tokens[:, :T], "lengths": lengths, "logprobs": logprobs[:, :T], "entropy": entropies[:, :T]}
-
-
-class _PreallocatedLayer(DynamicLayer):
-    """A KV-cache layer whose keys and values are written into buffers allocated once.
-
-    transformers' DynamicLayer concatenates each new position onto the cache, copying
-    the whole cache every token (O(T^2) copying over a rollout); here a token costs one
-    write. keys, values: (B, KV, n, D) views of (B, KV, capacity, D) buffers.
-    """
-
-    def __init__(self, keys: Tensor, values: Tensor, capacity: int):
-        super().__init__()
-        self.device = keys.device
-        self._keys = keys.new_empty(*keys.shape[:2], capacity, keys.shape[3])
-        self._values = values.new_empty(*values.shape[:2], capacity, values.shape[3])
-        self.length = 0
-        self.is_initialized = True
-        self.update(keys, values)
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
-        n, m = self.length, self.length + key_states.shape[2]
-        if m > self._keys.shape[2]:
-            raise RuntimeError(f"KV cache full: {m} positions, capacity {self._keys.shape[2]}")
-        self._keys[:, :, n:m] = key_states
-        self._values[:, :, n:m] = value_states
-        self.length = m
-        self.keys, self.values = self._keys[:, :, :m], self._values[:, :, :m]
-        return self.keys, self.values
-
-
-def preallocate(cache, repeats: int, capacity: int):
-    """The prefill's cache with each row repeated ``repeats`` times and its plain
-    (full-attention) layers moved into preallocated buffers of ``capacity`` positions;
-    other kinds of layer (sliding windows, ...) are kept as transformers made them."""
-    for i, layer in enumerate(cache.layers):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
-            cache.layers[i] = _PreallocatedLayer(layer.keys.repeat_interleave(repeats, dim=0),
-                                                 layer.values.repeat_interleave(repeats, dim=0), capacity)
-        elif repeats > 1:
-            layer.batch_repeat_interleave(repeats)
-    return cache
 
 
 def score(task: Task, examples: list[Example], tokens: Tensor, lengths: Tensor, texts: list[str],
