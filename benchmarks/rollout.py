@@ -1,7 +1,7 @@
 """Rollout speed: tokrl's batched KV-cache ``generate`` vs transformers' ``model.generate``,
 and tokrl's KV cache vs re-encoding the whole sequence for every new token.
 
-    python benchmarks/rollout.py                       # full run (SmolLM2 + tiny), ~11 min on 2 cores
+    python benchmarks/rollout.py                       # full run (SmolLM2 + tiny), ~15 min on 2 cores
     python benchmarks/rollout.py --quick --models tiny # smoke run, seconds
 
 Both engines get the same left-padded prompt tensors (built by tokrl.rollout.encode_batch),

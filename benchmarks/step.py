@@ -1,6 +1,6 @@
 """One full RL step (rollout, reward, update): tokrl vs TRL's GRPOTrainer, matched settings.
 
-    .venv-bench/bin/python benchmarks/step.py            # full run, ~9 min on 2 busy cores
+    .venv-bench/bin/python benchmarks/step.py            # full run, ~5 min on 2 quiet cores
     .venv-bench/bin/python benchmarks/step.py --quick    # 2 rounds of 2 short steps
 
 Needs TRL: run it with the benchmark virtualenv (.venv-bench, see benchmarks/README.md).
