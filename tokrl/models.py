@@ -31,8 +31,9 @@ def load_policy(cfg: ModelConfig):
     """(model, tokenizer) from ``cfg.name``: a directory, a .gguf file or a built-in name.
 
     Weights are float32 (the master copy Adam updates); ``cfg.dtype`` only sets the
-    autocast dtype of forward passes. Attention is tokrl's (``tokrl.attention``). A tokenizer without a pad token pads with EOS:
-    tokrl never reads padding from token ids (lengths and masks say where it is).
+    autocast dtype of forward passes. Attention is tokrl's (``tokrl.attention``). A
+    tokenizer without a pad token pads with EOS: tokrl never reads padding from token
+    ids (lengths and masks say where it is).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
