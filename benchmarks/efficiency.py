@@ -33,26 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import DEFAULT_CACHE, RESULTS, Clock, emit, header, interleave, log, set_threads, summarize  # noqa: E402
-from step import letter_reward, prompts  # noqa: E402
+from step import letter_task, prompts  # noqa: E402
 
 
 def build(args):
     from tokrl.config import Config, validate
     from tokrl.pretrained import resolve_model
-    from tokrl.tasks import PromptSampler, Task
+    from tokrl.tasks import PromptSampler
     from tokrl.trainer import build_state
-
-    class LetterTask(Task):
-        name = "letter_e"
-
-        def __init__(self, items):
-            self.items = [{"prompt": p} for p in items]
-
-        def examples(self, split):
-            return self.items
-
-        def sequence_rewards(self, examples, completions):
-            return [letter_reward(t) for t in completions]
 
     cfg = Config()
     cfg.model.name = str(resolve_model(args.model, cache_dir=args.cache_dir))
@@ -66,7 +54,7 @@ def build(args):
     cfg.train.prompts_per_step, cfg.train.group_size = args.prompts, args.group
     validate(cfg)
     state = build_state(cfg)
-    state.task = LetterTask(prompts() if args.model != "tiny-random" else ["abcd=", "hello =", "12+34=", "xyz ="])
+    state.task = letter_task(prompts() if args.model != "tiny-random" else ["abcd=", "hello =", "12+34=", "xyz ="])
     state.sampler = PromptSampler(state.task.examples("train"), 0)
     return state, cfg
 

@@ -58,18 +58,14 @@ def letter_reward(text: str) -> float:
     return sum(c == "e" for c in letters) / max(1, len(letters))
 
 
-# ----------------------------------------------------------------------- children
-
-def child_tokrl(args) -> dict:
-    from tokrl.config import Config, validate
-    from tokrl.pretrained import resolve_model
-    from tokrl.tasks import PromptSampler, Task
-    from tokrl.trainer import build_state, train_step
+def letter_task(items: list[str]):
+    """A tokrl Task whose examples are ``items`` and whose reward is ``letter_reward``."""
+    from tokrl.tasks import Task
 
     class LetterTask(Task):
         name = "letter_e"
 
-        def __init__(self, items):
+        def __init__(self):
             self.items = [{"prompt": p} for p in items]
 
         def examples(self, split):
@@ -77,6 +73,17 @@ def child_tokrl(args) -> dict:
 
         def sequence_rewards(self, examples, completions):
             return [letter_reward(t) for t in completions]
+
+    return LetterTask()
+
+
+# ----------------------------------------------------------------------- children
+
+def child_tokrl(args) -> dict:
+    from tokrl.config import Config, validate
+    from tokrl.pretrained import resolve_model
+    from tokrl.tasks import PromptSampler
+    from tokrl.trainer import build_state, train_step
 
     cfg = Config()
     cfg.model.name = str(resolve_model(MODEL, cache_dir=args.cache_dir))
@@ -94,7 +101,7 @@ def child_tokrl(args) -> dict:
     validate(cfg)
     t_load = time.perf_counter()
     state = build_state(cfg)
-    state.task = LetterTask(prompts())
+    state.task = letter_task(prompts())
     state.sampler = PromptSampler(state.task.examples("train"), args.seed)
     load_s = time.perf_counter() - t_load
     steps = []
