@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -195,15 +194,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = {}
 
-    def profile_rollout(name, m, batch, outer, per_step):
+    def profile_rollout(name, m, batch, per_step):
         examples = state.task.examples("train")[: max(1, batch // 4)]
         ids, mask = tr.encode_batch(tokenizer, examples, batch // len(examples) or 1, chat)
         gen = torch.Generator().manual_seed(0)
 
         def call():
-            with outer():
-                return tr.generate(Labelled(m), ids, mask, sampling, -1, tokenizer.pad_token_id, None, gen,
-                                   per_step() if per_step else None)
+            return tr.generate(Labelled(m), ids, mask, sampling, -1, tokenizer.pad_token_id, None, gen,
+                               per_step() if per_step else None)
 
         call()  # warm-up
         tr.process_logits, tr.full_entropy = process_logits, entropy
@@ -222,12 +220,11 @@ def main(argv: list[str] | None = None) -> dict:
                          **top_ops(prof, args.top)}
         log(f"[profile] {name}: {c.wall:.2f}s, {n / c.wall:.1f} tok/s, phases {results[name]['phase_shares']}")
 
-    no = nullcontext
     batches = [args.batch] + ([1] if args.rollout_batch_1 else [])
     for b in batches:
         sfx = f"/batch{b}"
-        profile_rollout("rollout/trainer" + sfx, model, b, no, lambda: autocast("bfloat16"))
-        profile_rollout("rollout/bf16" + sfx, model_bf16, b, no, None)
+        profile_rollout("rollout/trainer" + sfx, model, b, lambda: autocast("bfloat16"))
+        profile_rollout("rollout/bf16" + sfx, model_bf16, b, None)
 
     # the update, on a batch collected the trainer's way
     batch, _ = collect(state, cfg)
