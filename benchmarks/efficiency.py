@@ -7,7 +7,7 @@ One process: build tokrl's train state (SmolLM2-135M-Instruct, model.dtype=bfloa
 float32 weights under bf16 autocast), collect one rollout batch with tokrl's own
 ``collect``, then alternate A B A B:
 
-  A  tokrl.trainer.update on that batch (forward + backward + AdamW step, one minibatch)
+  A  tokrl.training.update.update on that batch (forward + backward + AdamW step, one minibatch)
   B  torch.matmul of two bf16 2048x2048 matrices (the machine's practical bf16 peak)
 
 Model FLOPs of one update (S = P + T positions per sequence, N sequences):
@@ -38,9 +38,9 @@ from step import letter_task, prompts  # noqa: E402
 
 def build(args):
     from tokrl.config import Config, validate
-    from tokrl.pretrained import resolve_model
+    from tokrl.models.pretrained import resolve_model
     from tokrl.tasks import PromptSampler
-    from tokrl.trainer import build_state
+    from tokrl.training.state import build_state
 
     cfg = Config()
     cfg.model.name = str(resolve_model(args.model, cache_dir=args.cache_dir))
@@ -101,13 +101,15 @@ def main(argv: list[str] | None = None) -> dict:
     set_threads(args.threads)
     import torch
 
-    from tokrl.trainer import collect, update
+    from tokrl.training.loop import collect_step
+    from tokrl.training.update import update
 
     report = header("efficiency")
     t_start = time.perf_counter()
     state, cfg = build(args)
-    batch, metrics = collect(state, cfg)
-    flops = model_flops(state.model, batch)
+    collected = collect_step(state, cfg)
+    batch, metrics = collected.batch, collected.metrics
+    flops = model_flops(state.learner.model, batch)
     log(f"[efficiency] batch {tuple(batch.prompt_ids.shape)} prompt + {batch.tokens.shape[1]} completion, "
         f"{flops['flops_detailed'] / 1e12:.2f} TFLOP per update (detailed)")
 
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def run_update():
         with Clock() as c:
-            update(state, cfg, cfg.sampling)
+            update(state.learner, state.buffer, state.recipe, cfg, state.kl_coef.value,
+                   state.shuffle_generator, state.bad_steps)
         return {"seconds": c.wall, "cpu_seconds": c.cpu,
                 "flops_per_s_simple": flops["flops_simple"] / c.wall,
                 "flops_per_s_detailed": flops["flops_detailed"] / c.wall}
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["configuration"] = {
         "model": args.model, "dtype": f"{args.dtype} (tokrl model.dtype: fp32 weights, autocast)",
         "prompts": args.prompts, "group": args.group, "max_new_tokens": args.new_tokens,
-        "update": "tokrl.trainer.update: GRPO advantages, PPO-clip, token-mean, one minibatch, AdamW lr 1e-5",
+        "update": "tokrl.training.update.update: GRPO advantages, PPO-clip, token-mean, one minibatch, AdamW lr 1e-5",
         "matmul": f"torch.matmul {n}x{n} bf16 (and fp32), {args.matmul_iters} per sample",
         "repeats": args.repeats, "threads": args.threads,
         "flops_formula": {

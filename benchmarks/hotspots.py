@@ -9,7 +9,7 @@ Profiles, each after one unprofiled warm-up:
                     weights, tokrl.models.autocast("bfloat16") passed in (generate
                     enters it once, so each weight is cast once per rollout)
   rollout/bf16      the same call on a bfloat16-weight copy of the model, no autocast
-  update            tokrl.trainer.update on one collected batch (bf16 autocast)
+  update            tokrl.training.update.update on one collected batch (bf16 autocast)
 
 For each: wall seconds, the top operators by self CPU time with their share of the
 profiled total, and a breakdown by phase (model forward vs sampling/bookkeeping) from
@@ -56,11 +56,11 @@ def experiments(args, state, cfg, torch) -> dict:
     """
     from _common import interleave, paired_ratios, summarize
 
-    from tokrl.trainer import update
+    from tokrl.training.update import update
 
     reps = args.exp_repeats or (1 if args.quick else 3)
     out: dict = {}
-    V = state.model.config.vocab_size
+    V = state.learner.model.config.vocab_size
     for n in (16, 64):
         probs = torch.softmax(torch.randn(n, V) * 3, dim=-1)
         gen = torch.Generator().manual_seed(0)
@@ -85,7 +85,7 @@ def experiments(args, state, cfg, torch) -> dict:
             S["multinomial"]["ms_per_call"], S["inverse_cdf"]["ms_per_call"])["median"]
         log(f"[experiment] sampler rows {n}: {out[f'sampler/rows{n}']['multinomial_over_inverse_cdf']:.2f}x")
 
-    params = state.parameters()
+    params = state.learner.parameters()
     for p_ in params:                     # gradients as after a backward pass
         p_.grad = torch.randn_like(p_) * 1e-3
     opts = {"default": torch.optim.AdamW(params, lr=1e-9),
@@ -109,13 +109,14 @@ def experiments(args, state, cfg, torch) -> dict:
         p_.grad = None
     del opts
 
-    model = state.model
+    model = state.learner.model
 
     def updater(impl):
         def run():
             model.set_attn_implementation(impl)
             with Clock() as c:
-                update(state, cfg, cfg.sampling)
+                update(state.learner, state.buffer, state.recipe, cfg, state.kl_coef.value,
+                   state.shuffle_generator, state.bad_steps)
             return {"seconds": c.wall}
         return run
 
@@ -151,10 +152,12 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    import tokrl.rollout as tr
+    import tokrl.generation.engine as tr
+    from tokrl.generation.prompts import encode_batch
     from tokrl.config import SamplingConfig
-    from tokrl.models import autocast
-    from tokrl.trainer import collect, update
+    from tokrl.models.forward import autocast
+    from tokrl.training.loop import collect_step
+    from tokrl.training.update import update
 
     from efficiency import build
 
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = header("hotspots")
     t_start = time.perf_counter()
     state, cfg = build(_Args)
-    model, tokenizer = state.model, state.tokenizer
+    model, tokenizer = state.learner.model, state.tokenizer
     model_bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
     sampling = SamplingConfig(max_new_tokens=args.new_tokens, temperature=1.0)
     chat = cfg.model.chat_template
@@ -196,12 +199,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     def profile_rollout(name, m, batch, per_step):
         examples = state.task.examples("train")[: max(1, batch // 4)]
-        ids, mask = tr.encode_batch(tokenizer, examples, batch // len(examples) or 1, chat)
+        ids, mask = encode_batch(tokenizer, examples, batch // len(examples) or 1, chat)
         gen = torch.Generator().manual_seed(0)
 
         def call():
-            return tr.generate(Labelled(m), ids, mask, sampling, -1, tokenizer.pad_token_id, None, gen,
-                               per_step() if per_step else None)
+            return tr.generate(Labelled(m), ids, mask, sampling, -1, tokenizer.pad_token_id, generator=gen,
+                               autocast=per_step() if per_step else None)
 
         call()  # warm-up
         tr.process_logits, tr.full_entropy = process_logits, entropy
@@ -227,10 +230,12 @@ def main(argv: list[str] | None = None) -> dict:
         profile_rollout("rollout/bf16" + sfx, model_bf16, b, None)
 
     # the update, on a batch collected the trainer's way
-    batch, _ = collect(state, cfg)
-    update(state, cfg, cfg.sampling)            # warm-up
+    batch = collect_step(state, cfg).batch
+    update(state.learner, state.buffer, state.recipe, cfg, state.kl_coef.value,
+                   state.shuffle_generator, state.bad_steps)            # warm-up
     with Clock() as c, profile(activities=[ProfilerActivity.CPU]) as prof:
-        update(state, cfg, cfg.sampling)
+        update(state.learner, state.buffer, state.recipe, cfg, state.kl_coef.value,
+                   state.shuffle_generator, state.bad_steps)
     results["update"] = {"rows": batch.num_sequences, "positions": int(batch.input_ids().numel()),
                          "completion_tokens": int(batch.mask.sum()), "wall_s": c.wall, **top_ops(prof, args.top)}
     ev = {e.key: e for e in prof.key_averages()}

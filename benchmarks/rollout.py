@@ -65,8 +65,8 @@ def load(model_key: str, precision: str, cache_dir: str, attention: str = "tokrl
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tokrl.attention import use_tokrl_attention
-    from tokrl.pretrained import resolve_model
+    from tokrl.models.attention import use_tokrl_attention
+    from tokrl.models.pretrained import resolve_model
 
     directory = resolve_model(MODELS[model_key], cache_dir=cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -83,7 +83,7 @@ def load(model_key: str, precision: str, cache_dir: str, attention: str = "tokrl
 
 def prompts_for(model_key: str, tokenizer, batch: int):
     """Left-padded (ids, mask) of ``batch`` prompts, the pool cycled; via tokrl's encoder."""
-    from tokrl.rollout import encode_batch
+    from tokrl.generation.prompts import encode_batch
 
     pool = SMOLLM2_PROMPTS if model_key == "smollm2" else TINY_PROMPTS
     examples = [{"prompt": pool[i % len(pool)]} for i in range(batch)]
@@ -104,8 +104,8 @@ def tokrl_runner(model, tokenizer, ids, mask, new_tokens: int, precision: str, s
     import torch
 
     from tokrl.config import SamplingConfig
-    from tokrl.models import autocast
-    from tokrl.rollout import generate
+    from tokrl.models.forward import autocast
+    from tokrl.generation.engine import generate
 
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, top_k=0, top_p=1.0)
     gen = torch.Generator().manual_seed(seed)
@@ -152,7 +152,7 @@ def reencode_runner(model, tokenizer, ids, mask, new_tokens: int, precision: str
 
     from tokrl.config import SamplingConfig
     from tokrl.losses import entropy as full_entropy
-    from tokrl.rollout import process_logits
+    from tokrl.generation.sampling import process_logits
 
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, top_k=0, top_p=1.0)
     outer = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "autocast" else nullcontext()

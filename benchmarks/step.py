@@ -81,9 +81,10 @@ def letter_task(items: list[str]):
 
 def child_tokrl(args) -> dict:
     from tokrl.config import Config, validate
-    from tokrl.pretrained import resolve_model
+    from tokrl.models.pretrained import resolve_model
     from tokrl.tasks import PromptSampler
-    from tokrl.trainer import build_state, train_step
+    from tokrl.training.loop import train_step
+    from tokrl.training.state import build_state
 
     cfg = Config()
     cfg.model.name = str(resolve_model(MODEL, cache_dir=args.cache_dir))
@@ -122,7 +123,7 @@ def child_trl(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from tokrl.pretrained import resolve_model
+    from tokrl.models.pretrained import resolve_model
 
     directory = resolve_model(MODEL, cache_dir=args.cache_dir)
     record: dict = {"calls": []}

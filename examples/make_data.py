@@ -9,7 +9,7 @@
 import random
 from pathlib import Path
 
-from tokrl.data import write_jsonl
+from tokrl.tasks.data import write_jsonl
 
 HERE = Path(__file__).parent
 OTHER = "bcdefghijklmnopqrstuvwxyz"

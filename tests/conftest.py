@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tokrl.tiny import make_tiny_model
+from tokrl.models.tiny import make_tiny_model
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,19 +18,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokrl import distributed  # noqa: E402
+from tokrl.training import distributed  # noqa: E402
 from tokrl.config import load_config  # noqa: E402
-from tokrl.trainer import build_state, train, train_step  # noqa: E402
+from tokrl.training.loop import train, train_step  # noqa: E402
+from tokrl.training.state import build_state  # noqa: E402
 
 
 def weights(state) -> dict[str, torch.Tensor]:
     """Every trainable tensor, whole (gathered to rank 0 under FSDP), value head included."""
-    if distributed.is_sharded(state.model):
-        out = distributed.full_state_dict(state.model)
+    if distributed.is_sharded(state.learner.model):
+        out = distributed.full_state_dict(state.learner.model)
     else:
-        out = {n: p.detach().clone() for n, p in state.model.named_parameters() if p.requires_grad}
-    if state.value_head is not None:
-        out.update({f"value_head.{n}": p.detach().clone() for n, p in state.value_head.named_parameters()})
+        out = {n: p.detach().clone() for n, p in state.learner.model.named_parameters() if p.requires_grad}
+    if state.learner.value_head is not None:
+        out.update({f"value_head.{n}": p.detach().clone() for n, p in state.learner.value_head.named_parameters()})
     return out
 
 
@@ -42,7 +43,7 @@ def steps(cfg, n: int) -> dict:
         tokens.append(batch.tokens)
         metrics.append({k: v for k, v in m.items() if not k.startswith("time/")})
     reference = state.reference.model if state.reference is not None else None
-    sharded = {"policy": distributed.is_sharded(state.model),
+    sharded = {"policy": distributed.is_sharded(state.learner.model),
                "reference": reference is not None and distributed.is_sharded(reference)}
     return {"weights": weights(state), "tokens": tokens, "metrics": metrics, "sharded": sharded}
 

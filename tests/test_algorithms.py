@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from tokrl.advantages import MovingAverage
-from tokrl.algorithms import ESTIMATORS, POLICY_LOSSES
+from tokrl.algorithms import ESTIMATORS, POLICY_LOSSES, resolve
 from tokrl.config import AlgoConfig, load_config
-from tokrl.trainer import build_state, collect, train, train_step, update
+from tokrl.training.loop import collect_step, train, train_step
+from tokrl.training.state import build_state
+from tokrl.training.update import update
 from tokrl.types import Rollout
 
 # the method recipes train target_match on the tiny model; the real-model demo
@@ -94,16 +96,17 @@ def tiny(tiny_model_dir, tmp_path, recipe, *overrides):
 def test_first_ppo_minibatch_has_ratio_one_and_the_reinforce_gradient(tiny_model_dir, tmp_path):
     cfg = tiny(tiny_model_dir, tmp_path, "ppo", "algo.epochs=1", "train.minibatch_size=0", "train.prompts_per_step=4")
     state = build_state(cfg)
-    collect(state, cfg)                                              # fresh data, policy not yet moved
-    state.optimizer = torch.optim.SGD(state.parameters(), lr=1.0)   # the weight change is the gradient
-    start = {k: v.clone() for k, v in state.model.state_dict().items()}
+    collect_step(state, cfg)                                         # fresh data, policy not yet moved
+    state.learner.optimizer = torch.optim.SGD(state.learner.parameters(), lr=1.0)   # the weight change is the gradient
+    start = {k: v.clone() for k, v in state.learner.model.state_dict().items()}
 
     def one(loss_name):
-        state.model.load_state_dict(start)
+        state.learner.model.load_state_dict(start)
         cfg.algo.policy_loss = loss_name
+        recipe = resolve(cfg.algo, cfg.kl, cfg.train.group_size)
         state.shuffle_generator.manual_seed(0)
-        stats = update(state, cfg, cfg.sampling)
-        return [p.detach().clone() for p in state.model.parameters()], stats
+        stats, _ = update(state.learner, state.buffer, recipe, cfg, state.kl_coef.value, state.shuffle_generator, 0)
+        return [p.detach().clone() for p in state.learner.model.parameters()], stats
 
     ppo, stats = one("ppo")
     pg, _ = one("pg")

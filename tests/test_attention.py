@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tokrl.attention import MATMUL_MAX_KEYS, attention, use_tokrl_attention
+from tokrl.models.attention import MATMUL_MAX_KEYS, attention, use_tokrl_attention
 
 
 def softmax_attention(q, k, v, mask):

@@ -32,7 +32,7 @@ import pytest
 
 import tokrl.tasks
 from tokrl.cli import main
-from tokrl.runlock import RunLock
+from tokrl.runs.runlock import RunLock
 from tokrl.tasks import Task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,9 +1,9 @@
-"""ExperienceBuffer: eviction, minibatches, staleness, clear, checkpoint round trip."""
+"""ExperienceBuffer: eviction, minibatches (the same rows for 1 and W processes), clear, checkpoint round trip."""
 
 import pytest
 import torch
 
-from tokrl.buffer import ExperienceBuffer
+from tokrl.training.buffer import ExperienceBuffer
 from tokrl.types import Rollout
 
 
@@ -29,8 +29,8 @@ def row_ids(rollout: Rollout) -> list[int]:
 def test_add_and_len():
     buf = ExperienceBuffer(capacity=10)
     assert len(buf) == 0
-    buf.add(make_rollout(0, 4), step=0)
-    buf.add(make_rollout(100, 3, T=5), step=1)  # a wider part: T is padded to 5
+    buf.add(make_rollout(0, 4))
+    buf.add(make_rollout(100, 3, T=5))  # a wider part: T is padded to 5
     assert len(buf) == 7
     (everything,) = buf.minibatches(7, torch.Generator().manual_seed(0))
     assert everything.tokens.shape == (7, 5)
@@ -39,27 +39,27 @@ def test_add_and_len():
 
 def test_capacity_evicts_oldest_rows_first():
     buf = ExperienceBuffer(capacity=5)
-    buf.add(make_rollout(0, 3), step=0)
-    buf.add(make_rollout(10, 3), step=1)         # 6 rows: row 0 goes
+    buf.add(make_rollout(0, 3))
+    buf.add(make_rollout(10, 3))         # 6 rows: row 0 goes
     assert len(buf) == 5
-    buf.add(make_rollout(20, 2), step=2)         # 7 rows: rows 1, 2 go
+    buf.add(make_rollout(20, 2))         # 7 rows: rows 1, 2 go
     (everything,) = buf.minibatches(100, torch.Generator().manual_seed(0))
     assert sorted(row_ids(everything)) == [10, 11, 12, 20, 21]
     assert sorted(everything.texts) == ["row10", "row11", "row12", "row20", "row21"]
-    assert buf.staleness(2).tolist() == [1, 1, 1, 0, 0]
+    assert row_ids(buf.stored()) == [10, 11, 12, 20, 21]           # oldest first
 
 
 def test_rollout_larger_than_capacity_raises():
     with pytest.raises(ValueError, match="capacity"):
-        ExperienceBuffer(capacity=2).add(make_rollout(0, 3), step=0)
+        ExperienceBuffer(capacity=2).add(make_rollout(0, 3))
 
 
 def test_minibatches_cover_every_row_once_and_are_shuffled_deterministically():
     buf = ExperienceBuffer(capacity=100)
-    buf.add(make_rollout(0, 10), step=0)
-    buf.add(make_rollout(10, 7), step=1)
+    buf.add(make_rollout(0, 10))
+    buf.add(make_rollout(10, 7))
     batches = list(buf.minibatches(5, torch.Generator().manual_seed(123)))
-    assert [b.num_sequences for b in batches] == [5, 5, 5, 2]     # the last one is smaller
+    assert [b.num_sequences for b in batches] == [5, 4, 4, 4]     # ceil(17 / 5) = 4, sizes differ by at most 1
     seen = [i for b in batches for i in row_ids(b)]
     assert sorted(seen) == list(range(17))                         # every row exactly once
     assert seen != list(range(17))                                 # shuffled
@@ -75,9 +75,9 @@ def test_minibatches_cover_every_row_once_and_are_shuffled_deterministically():
 
 def test_minibatch_order_is_fixed_when_called():
     buf = ExperienceBuffer(capacity=100)
-    buf.add(make_rollout(0, 6), step=0)
+    buf.add(make_rollout(0, 6))
     batches = buf.minibatches(4, torch.Generator().manual_seed(0))
-    buf.add(make_rollout(50, 6), step=1)  # added after the call: not part of this pass
+    buf.add(make_rollout(50, 6))  # added after the call: not part of this pass
     assert sorted(i for b in batches for i in row_ids(b)) == list(range(6))
 
 
@@ -85,25 +85,33 @@ def test_minibatches_of_empty_buffer_and_bad_size():
     buf = ExperienceBuffer(capacity=4)
     assert list(buf.minibatches(2, torch.Generator())) == []
     with pytest.raises(ValueError):
-        buf.minibatches(0, torch.Generator())
+        buf.minibatches(-1, torch.Generator())
+    buf.add(make_rollout(0, 3))
+    (everything,) = buf.minibatches(0, torch.Generator())          # size 0: one minibatch of every row
+    assert sorted(row_ids(everything)) == [0, 1, 2]
 
 
-def test_staleness():
-    buf = ExperienceBuffer(capacity=100)
-    buf.add(make_rollout(0, 2), step=3)
-    buf.add(make_rollout(2, 1), step=5)
-    s = buf.staleness(7)
-    assert s.dtype == torch.long
-    assert s.tolist() == [4, 4, 2]
+def test_two_processes_share_the_one_process_minibatches():
+    # one process holds rows 0..11; two processes hold 0..5 and 6..11 of the same batch
+    whole = ExperienceBuffer(capacity=12)
+    whole.add(make_rollout(0, 12))
+    halves = [ExperienceBuffer(capacity=6) for _ in range(2)]
+    halves[0].add(make_rollout(0, 6))
+    halves[1].add(make_rollout(6, 6))
+    one = [row_ids(b) for b in whole.minibatches(4, torch.Generator().manual_seed(5))]
+    two = [[row_ids(b) for b in h.minibatches(4, torch.Generator().manual_seed(5), world=2, rank=r)]
+           for r, h in enumerate(halves)]
+    for k, rows in enumerate(one):                                 # minibatch k is the same rows, split
+        assert sorted(rows) == sorted(two[0][k] + two[1][k])
+        assert len(two[0][k]) == len(two[1][k])
 
 
 def test_clear():
     buf = ExperienceBuffer(capacity=8)
-    buf.add(make_rollout(0, 4), step=0)
+    buf.add(make_rollout(0, 4))
     buf.clear()
-    assert len(buf) == 0
-    assert buf.staleness(1).tolist() == []
-    buf.add(make_rollout(0, 3), step=1)          # on-policy use: clear, then add the next step
+    assert len(buf) == 0 and buf.stored() is None
+    buf.add(make_rollout(0, 3))          # on-policy use: clear, then add the next step
     assert len(buf) == 3
 
 
@@ -111,28 +119,27 @@ def test_add_detaches():
     r = make_rollout(0, 2)
     r.logprobs = r.logprobs.clone().requires_grad_()
     buf = ExperienceBuffer(capacity=4)
-    buf.add(r, step=0)
+    buf.add(r)
     (b,) = buf.minibatches(2, torch.Generator())
     assert not b.logprobs.requires_grad
 
 
 def test_mismatched_optional_fields_are_refused():
     buf = ExperienceBuffer(capacity=8)
-    buf.add(make_rollout(0, 2, values=True), step=0)
+    buf.add(make_rollout(0, 2, values=True))
     with pytest.raises(ValueError, match="values"):
-        buf.add(make_rollout(2, 2, values=False), step=1)
+        buf.add(make_rollout(2, 2, values=False))
 
 
 def test_state_dict_round_trip(tmp_path):
     buf = ExperienceBuffer(capacity=5)
-    buf.add(make_rollout(0, 3, values=True), step=0)
-    buf.add(make_rollout(10, 3, T=4, values=True), step=1)        # evicts row 0
+    buf.add(make_rollout(0, 3, values=True))
+    buf.add(make_rollout(10, 3, T=4, values=True))        # evicts row 0
     path = tmp_path / "buffer.pt"
     torch.save(buf.state_dict(), path)
     restored = ExperienceBuffer(capacity=1)
     restored.load_state_dict(torch.load(path, weights_only=True))
     assert restored.capacity == 5 and len(restored) == 5
-    assert restored.staleness(3).tolist() == buf.staleness(3).tolist()
     a = list(buf.minibatches(2, torch.Generator().manual_seed(1)))
     b = list(restored.minibatches(2, torch.Generator().manual_seed(1)))
     for x, y in zip(a, b, strict=True):

@@ -1,5 +1,6 @@
 """Checkpoints, exact resume after SIGKILL, and guarded numerics, on a tiny Llama."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tokrl.checkpoint import CheckpointError, complete_checkpoints, load_checkpoint, save_checkpoint, verify
+from tokrl.training.checkpoint import CheckpointError, complete_checkpoints, load_checkpoint, save_checkpoint, verify
 from tokrl.config import load_config
 from tokrl.errors import TrainingError
 from tokrl.tasks import TASKS, TargetMatch
-from tokrl.trainer import build_state, train_step
+from tokrl.training.loop import train_step
+from tokrl.training.state import build_state
 
 RECIPE = "configs/reinforce.yaml"
 
@@ -26,7 +28,7 @@ def tiny(tiny_model_dir, run_dir, *overrides):
 
 
 def weights(state):
-    return {n: p.detach().clone() for n, p in state.model.named_parameters()}
+    return {n: p.detach().clone() for n, p in state.learner.model.named_parameters()}
 
 
 def test_a_loaded_checkpoint_continues_exactly(tiny_model_dir, tmp_path):
@@ -45,7 +47,7 @@ def test_a_loaded_checkpoint_continues_exactly(tiny_model_dir, tmp_path):
         assert ma["reward/mean"] == mb["reward/mean"]
     for (name, x), y in zip(weights(a).items(), weights(b).values()):
         assert torch.equal(x, y), name
-    for x, y in zip(a.value_head.parameters(), b.value_head.parameters()):
+    for x, y in zip(a.learner.value_head.parameters(), b.learner.value_head.parameters()):
         assert torch.equal(x, y)
 
 
@@ -125,7 +127,7 @@ def test_a_nan_reward_can_be_skipped_and_counted(tiny_model_dir, tmp_path, poiso
     dropped = list(range(0, batch.num_sequences, 2))
     assert metrics["reward/dropped"] == len(dropped)
     assert batch.mask[dropped].sum() == 0 and torch.isfinite(batch.rewards).all()
-    assert all(torch.isfinite(p).all() for p in state.parameters())
+    assert all(torch.isfinite(p).all() for p in state.learner.parameters())
 
 
 def test_overflowing_losses_skip_the_update_then_stop_the_run(tiny_model_dir, tmp_path, poisoned):
@@ -141,16 +143,14 @@ def test_overflowing_losses_skip_the_update_then_stop_the_run(tiny_model_dir, tm
         train_step(state, cfg)
 
 
-def test_a_nan_loss_is_skipped_and_the_next_good_step_resets_the_count(tiny_model_dir, tmp_path, monkeypatch):
-    import tokrl.algorithms as algorithms
-
+def test_a_nan_loss_is_skipped_and_the_next_good_step_resets_the_count(tiny_model_dir, tmp_path):
     cfg = tiny(tiny_model_dir, tmp_path, "train.max_steps=3")
     state = build_state(cfg)
-    real = algorithms.POLICY_LOSSES["pg"]
-    monkeypatch.setitem(algorithms.POLICY_LOSSES, "pg", lambda *a: real(*a) * float("nan"))
+    real = state.recipe
+    state.recipe = dataclasses.replace(real, policy_loss=lambda *a: real.policy_loss(*a) * float("nan"))
     metrics, _ = train_step(state, cfg)
     assert metrics["optim/skipped"] == 1.0 and state.bad_steps == 1
-    monkeypatch.setitem(algorithms.POLICY_LOSSES, "pg", real)
+    state.recipe = real
     metrics, _ = train_step(state, cfg)
     assert "optim/skipped" not in metrics and state.bad_steps == 0
 

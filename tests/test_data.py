@@ -7,15 +7,8 @@ import json
 
 import pytest
 
-from tokrl.data import (
-    check_output_dir,
-    load_table,
-    read_rows,
-    require_columns,
-    split_rows,
-    staged_output,
-    write_jsonl,
-)
+from tokrl.offline.output import check_output_dir, staged_output
+from tokrl.tasks.data import load_table, read_rows, require_columns, split_rows, write_jsonl
 
 ROWS = [
     {"prompt": "2+2=", "answer": "4", "id": 1, "tags": ["math", "easy"]},

@@ -26,11 +26,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tokrl import distributed
+from tokrl.training import distributed
 from tokrl.cli import main
 from tokrl.config import ConfigError, load_config
-from tokrl.tiny import make_tiny_model
-from tokrl.update import minibatch_rows
+from tokrl.models.tiny import make_tiny_model
+from tokrl.training.buffer import minibatch_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
@@ -226,12 +226,12 @@ def test_bad_split_under_torchrun_is_one_line_from_rank_0(tiny_model_dir, tmp_pa
 
 
 def test_one_process_never_joins_a_process_group(tiny_model_dir, tmp_path):
-    from tokrl.trainer import build_state, train_step
+    from tokrl.training.loop import build_state, train_step
 
     cfg = load_config("configs/ppo.yaml", [f"model.name={tiny_model_dir}", "train.prompts_per_step=4",
                                            "dist.strategy=fsdp"])     # ignored by one process
     state = build_state(cfg)
     train_step(state, cfg)
     assert not torch.distributed.is_initialized()
-    assert state.wrapped_model is None and state.wrapped_head is None
+    assert state.learner.wrapped_model is None and state.learner.wrapped_head is None
     assert distributed.world_size() == 1 and distributed.is_main()

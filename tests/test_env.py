@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 from tokrl.env import TokenEnv, encode_prompt
 from tokrl.tasks.base import Task
 from tokrl.tasks.target_match import TargetMatch
-from tokrl.tiny import make_tokenizer
+from tokrl.models.tiny import make_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_encode_prompt_adds_no_special_tokens(tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from tokrl.tiny import make_tiny_model
+    from tokrl.models.tiny import make_tiny_model
     return make_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 

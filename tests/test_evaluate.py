@@ -2,7 +2,7 @@
 
 import pytest
 
-from tokrl.evaluate import compare
+from tokrl.training.evaluate import compare
 
 
 def test_compare_pairs_by_prompt_with_a_normal_interval():

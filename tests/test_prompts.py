@@ -13,12 +13,12 @@ import torch
 import yaml
 
 from tokrl.config import ModelConfig, SamplingConfig, load_config
-from tokrl.data import write_jsonl
+from tokrl.tasks.data import write_jsonl
 from tokrl.env import TokenEnv
-from tokrl.models import load_policy
-from tokrl.rollout import rollout
+from tokrl.models.load import load_policy
+from tokrl.generation.batch import rollout
 from tokrl.tasks import TASKS, Prompts, build_task
-from tokrl.tiny import make_tokenizer
+from tokrl.models.tiny import make_tokenizer
 
 ROWS = [{"prompt": f"{w}=", "answer": w, "reference": w[::-1], "level": i % 3}
         for i, w in enumerate(["ab", "ba", "abc", "cab", "bca", "aab", "bba", "cc", "ca", "ac"])]
@@ -156,7 +156,7 @@ def test_rollout_pays_token_rewards_per_token_and_sequence_rewards_at_the_end(po
     task = task_with(tokenizer, data, [{"name": "length", "target": 3, "weight": 2.0},
                                        {"name": "repetition", "ngram": 1, "penalty": 0.5}])
     batch = rollout(model, tokenizer, task, task.examples("train")[:3], 2, SamplingConfig(max_new_tokens=5),
-                    torch.Generator().manual_seed(0))
+                    generator=torch.Generator().manual_seed(0))
     for i in range(batch.num_sequences):
         n, row = int(batch.lengths[i]), batch.rewards[i].tolist()
         tokens = batch.tokens[i, :n].tolist()
@@ -212,7 +212,7 @@ def test_a_recipe_trains_on_the_prompts_task(tiny_model_dir, tmp_path, data):
         "train": {"max_steps": 2, "prompts_per_step": 4, "group_size": 2, "save_model": False,
                   "output_dir": str(tmp_path / "run")},
     }))
-    from tokrl.trainer import train
+    from tokrl.training.loop import train
 
     cfg = load_config(recipe)
     result = train(cfg, tmp_path / "run")

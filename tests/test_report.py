@@ -14,9 +14,9 @@ import yaml
 
 from tokrl.cli import main
 from tokrl.config import load_config, to_dict
-from tokrl.plots import moving_average
-from tokrl.report import CURVES_PNG, MAX_TABLE_ROWS, write_report
-from tokrl.trainer import train
+from tokrl.runs.plots import moving_average
+from tokrl.runs.report import CURVES_PNG, MAX_TABLE_ROWS, write_report
+from tokrl.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "reinforce.yaml"

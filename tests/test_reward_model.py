@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from tokrl.cli import main
-from tokrl.data import write_jsonl
-from tokrl.reward_model import (
+from tokrl.tasks.data import write_jsonl
+from tokrl.offline.reward_model import (
     RewardModelConfig,
     bradley_terry_loss,
     fit,
@@ -26,7 +26,7 @@ from tokrl.reward_model import (
 )
 from tokrl.rewards import build_reward, call_rewards
 from tokrl.rewards.model import HEAD_FILE, encode, load_reward_model, pad_right
-from tokrl.tiny import make_tokenizer
+from tokrl.models.tiny import make_tokenizer
 
 A, B, EQ = 3, 4, 40            # tiny tokenizer ids of 'a', 'b', '='
 

@@ -29,7 +29,7 @@ from tokrl.rewards import (
     shape,
     shaped,
 )
-from tokrl.tiny import make_tokenizer
+from tokrl.models.tiny import make_tokenizer
 
 
 @pytest.fixture(scope="module")

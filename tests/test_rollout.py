@@ -8,8 +8,11 @@ import torch
 from tokrl.config import ModelConfig, SamplingConfig
 from tokrl.env import TokenEnv
 from tokrl.losses import entropy as full_entropy
-from tokrl.models import load_policy
-from tokrl.rollout import encode_batch, generate, inverse_cdf, longest_prompt, process_logits, rollout, sample_seeds
+from tokrl.models.load import load_policy
+from tokrl.generation.batch import rollout
+from tokrl.generation.engine import generate
+from tokrl.generation.prompts import encode_batch, longest_prompt
+from tokrl.generation.sampling import inverse_cdf, process_logits, sample_seeds
 from tokrl.tasks import TargetMatch, Task
 
 
@@ -141,7 +144,7 @@ def test_group_size_must_describe_the_rows(policy):
 def test_rows_stop_at_eos_and_task_caps(policy, task):
     model, tokenizer = policy
     examples = task.examples("train")[:4]
-    batch = rollout(model, tokenizer, task, examples, 2, SamplingConfig(12, 1.0), torch.Generator().manual_seed(1))
+    batch = rollout(model, tokenizer, task, examples, 2, SamplingConfig(12, 1.0), generator=torch.Generator().manual_seed(1))
     assert batch.tokens.shape[0] == 8 and batch.group_size == 2
     assert batch.prompt_index.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     eos = tokenizer.eos_token_id
@@ -162,8 +165,8 @@ def test_rows_stop_at_eos_and_task_caps(policy, task):
 def test_sampling_is_reproducible_under_a_seeded_generator(policy, task):
     model, tokenizer = policy
     examples = task.examples("train")[:3]
-    a = rollout(model, tokenizer, task, examples, 2, SamplingConfig(6, 1.0), torch.Generator().manual_seed(7))
-    b = rollout(model, tokenizer, task, examples, 2, SamplingConfig(6, 1.0), torch.Generator().manual_seed(7))
+    a = rollout(model, tokenizer, task, examples, 2, SamplingConfig(6, 1.0), generator=torch.Generator().manual_seed(7))
+    b = rollout(model, tokenizer, task, examples, 2, SamplingConfig(6, 1.0), generator=torch.Generator().manual_seed(7))
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logprobs, b.logprobs)
 
 
@@ -178,7 +181,7 @@ def test_sequence_rewards_land_on_the_last_token(policy):
             return [float(len(c)) for c in completions]
 
     batch = rollout(model, tokenizer, Length(), [{"prompt": "ab"}], 2, SamplingConfig(5, 1.0),
-                    torch.Generator().manual_seed(0))
+                    generator=torch.Generator().manual_seed(0))
     for i in range(2):
         n = int(batch.lengths[i])
         assert batch.rewards[i, : n - 1].abs().sum() == 0

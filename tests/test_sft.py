@@ -14,12 +14,12 @@ import torch.nn.functional as F
 
 from tokrl.cli import main
 from tokrl.config import ModelConfig, SamplingConfig, load_config
-from tokrl.data import write_jsonl
-from tokrl.evaluate import evaluate
-from tokrl.models import load_policy
-from tokrl.sft import IGNORE, SFTConfig, collate, completion_nll, encode_example
+from tokrl.tasks.data import write_jsonl
+from tokrl.training.evaluate import evaluate
+from tokrl.models.load import load_policy
+from tokrl.offline.sft import IGNORE, SFTConfig, collate, completion_nll, encode_example
 from tokrl.tasks import build_task
-from tokrl.tiny import make_tokenizer
+from tokrl.models.tiny import make_tokenizer
 
 # the tiny tokenizer: <pad>=0 <eos>=1 <bos>=2, a..z = 3..28, then digits, ' ' = 39, '=' = 40
 A, B, C, EQ, EOS = 3, 4, 5, 40, 1

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokrl.tasks import TASKS, PromptSampler, TargetMatch, build_task
-from tokrl.tiny import make_tokenizer
+from tokrl.models.tiny import make_tokenizer
 
 # the tiny tokenizer: <pad>=0 <eos>=1 <bos>=2, then one id per character from 3
 A, B, C, D = 3, 4, 5, 6

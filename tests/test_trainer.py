@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from tokrl.config import load_config
-from tokrl.trainer import build_state, train, train_step, update
+from tokrl.training.loop import train, train_step
+from tokrl.training.state import build_state
+from tokrl.training.update import update
 
 RECIPE = "configs/reinforce.yaml"
 
@@ -19,7 +21,7 @@ def small_config(tiny_model_dir, tmp_path, *overrides):
 
 
 def params_of(state):
-    return [p.detach().clone() for p in state.parameters()]
+    return [p.detach().clone() for p in state.learner.parameters()]
 
 
 @pytest.mark.slow
@@ -45,15 +47,16 @@ def test_microbatches_give_the_one_big_batch_update(tiny_model_dir, tmp_path, mo
     train_step(state, cfg)                                  # fills the buffer with one scored batch
     # plain SGD with lr 1: the weight change is the (clipped) gradient itself, so the
     # comparison is not blurred by Adam dividing tiny gradients by their own size
-    state.optimizer = torch.optim.SGD(state.parameters(), lr=1.0)
-    snapshot = (copy.deepcopy(state.model.state_dict()), copy.deepcopy(state.value_head.state_dict()))
+    state.learner.optimizer = torch.optim.SGD(state.learner.parameters(), lr=1.0)
+    snapshot = (copy.deepcopy(state.learner.model.state_dict()), copy.deepcopy(state.learner.value_head.state_dict()))
 
     def one_update(micro: int):
-        state.model.load_state_dict(snapshot[0])
-        state.value_head.load_state_dict(snapshot[1])
+        state.learner.model.load_state_dict(snapshot[0])
+        state.learner.value_head.load_state_dict(snapshot[1])
         cfg.train.microbatch_size = micro
         state.shuffle_generator.manual_seed(123)
-        stats = update(state, cfg, cfg.sampling)
+        stats = update(state.learner, state.buffer, state.recipe, cfg, state.kl_coef.value,
+                           state.shuffle_generator, state.bad_steps)[0]
         return params_of(state), stats
 
     whole, stats_whole = one_update(0)
@@ -70,7 +73,7 @@ def test_every_baseline_runs_and_changes_the_policy(tiny_model_dir, tmp_path, ba
     state = build_state(cfg)
     before = params_of(state)
     metrics, batch = train_step(state, cfg)
-    assert (state.value_head is not None) == (baseline == "value")
+    assert (state.learner.value_head is not None) == (baseline == "value")
     assert batch.advantages.shape == batch.tokens.shape
     assert any(not torch.equal(a, b) for a, b in zip(before, params_of(state)))
     for key in ("reward/mean", "policy/entropy", "loss/policy", "optim/grad_norm", "time/tokens_per_s"):
@@ -99,7 +102,7 @@ def test_gae_estimator_trains_the_critic(tiny_model_dir, tmp_path):
     cfg = small_config(tiny_model_dir, tmp_path, "algo.estimator=gae", "algo.baseline=none",
                        "train.prompts_per_step=4")
     state = build_state(cfg)
-    assert state.value_head is not None
+    assert state.learner.value_head is not None
     metrics, batch = train_step(state, cfg)
     assert "loss/value" in metrics and "critic/explained_variance" in metrics
     assert torch.allclose(batch.returns, (batch.advantages + batch.values) * batch.mask, atol=1e-6)

@@ -1,9 +1,12 @@
 """Algorithms as compositions of the pure functions in advantages.py and losses.py.
 
 A recipe names an advantage estimator, a baseline, a policy loss, a KL term and an
-aggregation mode; the trainer looks each up here and calls it. Adding a method
-means adding a function to one of these tables (and a test), never a branch in
-the trainer.
+aggregation mode. ``resolve`` looks the names up in the tables below once, checks
+that they fit together, and returns a ``Recipe`` that every stage of the loop
+reads. Adding a method means adding a function to one of these tables (and a
+test), never a branch in the trainer.
+
+The ``algo`` section of the config is defined here, beside the tables its names index.
 """
 
 from __future__ import annotations
@@ -16,8 +19,47 @@ from torch import Tensor
 
 from tokrl import advantages as adv
 from tokrl import losses
-from tokrl.config import AlgoConfig
+from tokrl.errors import ConfigError
+from tokrl.kl import KLConfig
 from tokrl.types import Rollout
+
+
+@dataclass
+class AlgoConfig:
+    estimator: str = "reinforce"
+    """advantage estimator: reinforce (reward-to-go minus a baseline), gae (PPO's
+    token-level critic), grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, remax"""
+    baseline: str = "value"
+    """baseline for reinforce: none, ema (moving average of returns) or value
+    (a learned value head on the policy trunk, trained alongside)"""
+    policy_loss: str = "pg"
+    """pg (REINFORCE: -A log pi), ppo (clipped token ratio) or gspo (clipped
+    sequence ratio; use clip_low 3e-4, clip_high 4e-4)"""
+    gamma: float = 1.0
+    """discount factor over tokens"""
+    lam: float = 0.95
+    """GAE lambda"""
+    whiten: bool = False
+    """normalise advantages over the batch (masked mean 0, variance 1)"""
+    ema_decay: float = 0.9
+    """decay of the moving-average baseline"""
+    entropy_coef: float = 0.01
+    """alpha of the entropy bonus alpha * H(pi) over the full vocabulary"""
+    value_coef: float = 0.5
+    """weight of the value loss in the total loss"""
+    value_clip: float | None = None
+    """clip value updates to +-value_clip around the rollout values (None: off)"""
+    clip_low: float = 0.2
+    """PPO: the ratio is kept >= 1 - clip_low"""
+    clip_high: float = 0.2
+    """PPO: the ratio is kept <= 1 + clip_high; above clip_low gives DAPO's clip-higher"""
+    dual_clip: float | None = None
+    """PPO dual clip c > 1: for negative advantages the loss is capped at -c*A"""
+    aggregation: str = "token-mean"
+    """how per-token losses become a scalar: token-mean, seq-mean-token-mean,
+    seq-mean-token-sum, seq-mean-token-sum-norm"""
+    epochs: int = 1
+    """passes over each rollout batch (PPO uses several)"""
 
 # ----------------------------------------------------------------- estimators
 # Each takes the scored batch, the algorithm config and the moving-average
@@ -113,11 +155,6 @@ ESTIMATORS: dict[str, Estimator] = {
 BASELINES = ("none", "ema", "value")
 
 
-def uses_critic(cfg: AlgoConfig) -> bool:
-    """Whether the recipe trains the value head (and so needs values at rollout)."""
-    return ESTIMATORS[cfg.estimator].critic or (cfg.estimator == "reinforce" and cfg.baseline == "value")
-
-
 # ---------------------------------------------------------------- policy losses
 # Each maps (logp, old_logp, advantages, mask, cfg) to a per-token loss (N, T).
 
@@ -141,3 +178,59 @@ def gspo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
 
 POLICY_LOSSES: dict[str, PolicyLoss] = {"pg": pg_loss, "ppo": ppo_loss, "gspo": gspo_loss}
 CLIPPED_LOSSES = ("ppo", "gspo")
+
+
+# ------------------------------------------------------------------ the recipe
+
+@dataclass(frozen=True)
+class Recipe:
+    """The algorithm of a run, resolved once from its config; every stage reads this."""
+
+    algo: AlgoConfig
+    """the numbers (gamma, lam, clip ranges, coefficients, epochs, aggregation)"""
+    estimator: Estimator
+    """the advantage estimator and what it needs (critic, groups, greedy scores)"""
+    policy_loss: PolicyLoss
+    """the per-token policy loss"""
+    clipped: bool
+    """the policy loss clips a ratio (its clip fraction is logged)"""
+    critic: bool
+    """the value head is trained (values are computed for every rollout batch)"""
+    kl: KLConfig
+    """where and how KL toward the reference is charged"""
+
+    @property
+    def reference(self) -> bool:
+        """A frozen reference model is built and run (beta > 0)."""
+        return self.kl.coef > 0
+
+    @property
+    def kl_in_reward(self) -> bool:
+        return self.reference and self.kl.in_reward
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return self.reference and not self.kl.in_reward
+
+
+def resolve(algo: AlgoConfig, kl: KLConfig, group_size: int) -> Recipe:
+    """The Recipe named by ``algo`` and ``kl``; ConfigError naming the key when a name is
+    unknown or the parts do not fit (a group estimator with one sample per prompt)."""
+    _check(algo.estimator in ESTIMATORS, f"algo.estimator: {algo.estimator!r} is not one of {', '.join(ESTIMATORS)}")
+    _check(algo.baseline in BASELINES, f"algo.baseline: {algo.baseline!r} is not one of {', '.join(BASELINES)}")
+    _check(algo.policy_loss in POLICY_LOSSES,
+           f"algo.policy_loss: {algo.policy_loss!r} is not one of {', '.join(POLICY_LOSSES)}")
+    _check(algo.aggregation in losses.AGGREGATIONS,
+           f"algo.aggregation: {algo.aggregation!r} is not one of {', '.join(losses.AGGREGATIONS)}")
+    _check(kl.kind in losses.KL_KINDS, f"kl.kind: {kl.kind!r} is not one of {', '.join(losses.KL_KINDS)}")
+    estimator = ESTIMATORS[algo.estimator]
+    _check(not (estimator.groups and group_size < 2),
+           f"algo.estimator={algo.estimator} compares samples of one prompt: set train.group_size >= 2")
+    critic = estimator.critic or (algo.estimator == "reinforce" and algo.baseline == "value")
+    return Recipe(algo=algo, estimator=estimator, policy_loss=POLICY_LOSSES[algo.policy_loss],
+                  clipped=algo.policy_loss in CLIPPED_LOSSES, critic=critic, kl=kl)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)

@@ -30,7 +30,7 @@ from tokrl.errors import TrainingError, UsageError
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_FAILED = 1
 
-PLUGINS: tuple[str, ...] = ("tokrl.report", "tokrl.sft", "tokrl.reward_model")
+PLUGINS: tuple[str, ...] = ("tokrl.runs.report", "tokrl.offline.sft", "tokrl.offline.reward_model")
 """Modules that add a subcommand: each defines ``add_command(subparsers)``, which
 registers a parser whose ``func`` default takes the parsed args and returns an exit code."""
 
@@ -39,10 +39,10 @@ def _train(args: argparse.Namespace) -> int:
     import yaml
     from tqdm import tqdm
 
-    from tokrl import distributed
+    from tokrl.training import distributed
     from tokrl.config import to_dict
-    from tokrl.runlock import RunLock
-    from tokrl.trainer import train
+    from tokrl.runs.runlock import RunLock
+    from tokrl.training.loop import train
 
     if args.config and "=" in args.config and not Path(args.config).is_file():
         # `tokrl train key=value ...`: no recipe, only overrides of the defaults
@@ -92,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _held_out_change(run_dir: Path) -> dict:
     """Paired before/after comparison of the first and last evaluation in run_dir."""
-    from tokrl.evaluate import compare
+    from tokrl.training.evaluate import compare
 
     records = [json.loads(line) for line in (run_dir / "eval_samples.jsonl").read_text().splitlines() if line]
     first, last = records[0]["step"], records[-1]["step"]
@@ -148,9 +148,10 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from tokrl.evaluate import evaluate
+    from tokrl.training.evaluate import evaluate
     from tokrl.config import SamplingConfig
-    from tokrl.models import autocast, load_policy
+    from tokrl.models.forward import autocast
+    from tokrl.models.load import load_policy
     from tokrl.tasks import build_task
 
     target = Path(args.target)
@@ -178,8 +179,9 @@ def _generate(args: argparse.Namespace) -> int:
     import torch
 
     from tokrl.config import Config, ModelConfig, SamplingConfig, validate
-    from tokrl.models import load_policy
-    from tokrl.rollout import encode_batch, generate
+    from tokrl.models.load import load_policy
+    from tokrl.generation.engine import generate
+    from tokrl.generation.prompts import encode_batch
 
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     validate(Config(sampling=sampling))
@@ -263,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(e, EXIT_TRAINING_FAILED)
     finally:
         # a torchrun process leaves its group before exiting, also after an error
-        if "tokrl.distributed" in sys.modules:
-            sys.modules["tokrl.distributed"].shutdown()
+        if "tokrl.training.distributed" in sys.modules:
+            sys.modules["tokrl.training.distributed"].shutdown()
 
 
 def _fail(error: Exception, status: int) -> int:
@@ -272,7 +274,7 @@ def _fail(error: Exception, status: int) -> int:
         raise error
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
     where = ""
-    distributed = sys.modules.get("tokrl.distributed")        # imported only by commands that train
+    distributed = sys.modules.get("tokrl.training.distributed")        # imported only by commands that train
     if distributed is not None:
         if not distributed.should_report(error):      # under torchrun: once, unless a rank failed alone
             return status

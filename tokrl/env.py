@@ -30,20 +30,8 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from tokrl.generation.prompts import encode_prompt
 from tokrl.tasks.base import Example, Task
-
-
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """The token ids of a prompt, exactly as the policy will see them.
-
-    Plain tokenization: no special tokens (a BOS added here would be added again by
-    a chat template or a second encode) and no chat template (another module applies
-    templates before calling this). The env and the batched rollout engine both call
-    this, so a prompt has the same ids in both.
-    """
-    # trap: never re-tokenize prompt + completion as one string; BPE can merge across
-    # the boundary and the ids would no longer be the ones the policy chose.
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 class TokenEnv(gymnasium.Env):

@@ -1,4 +1,8 @@
-"""Exceptions the CLI answers with one line (configuration errors live in config.py)."""
+"""Exceptions the CLI answers with one line: exit status 2 for bad input, 1 for a failed run."""
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and how to fix it."""
 
 
 class UsageError(Exception):

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tokrl.models import ValueHead, autocast
+from tokrl.models.forward import autocast
+from tokrl.models.heads import ValueHead
 
 HEAD_FILE = "reward_head.safetensors"
 INFO_FILE = "reward_model.json"
@@ -122,7 +123,7 @@ def init_reward_model(base: str | Path, kind: str = "classifier", cache_dir: str
     file or built-in name): its trunk, and a new scalar output."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from tokrl.pretrained import resolve_model
+    from tokrl.models.pretrained import resolve_model
 
     if kind not in KINDS:
         raise ValueError(f"unknown reward model head {kind!r}; choose {' or '.join(KINDS)}")

@@ -2,6 +2,7 @@
 
 import inspect
 
+from tokrl.errors import ConfigError
 from tokrl.tasks.arithmetic import Arithmetic
 from tokrl.tasks.base import Example, PromptSampler, Task
 from tokrl.tasks.prompts import Prompts
@@ -13,7 +14,7 @@ TASKS: dict[str, type[Task]] = {"arithmetic": Arithmetic, "prompts": Prompts, "t
 def build_task(name: str, tokenizer, **options) -> Task:
     """The task ``name`` built with ``options`` (its constructor's keyword arguments)."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
+        raise ConfigError(f"task.name: unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))}")
     params = inspect.signature(TASKS[name]).parameters
     valid = [p for p in params if p != "tokenizer"]
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

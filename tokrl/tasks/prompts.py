@@ -26,7 +26,7 @@ import math
 import warnings
 from typing import Any
 
-from tokrl.data import load_table
+from tokrl.tasks.data import load_table
 from tokrl.rewards.base import (
     RESERVED,
     SEQUENCE,

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokrl import distributed
+from tokrl.training import distributed
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
@@ -100,13 +100,14 @@ def save_checkpoint(run_dir: Path, state, config_yaml: str, keep: int) -> Path:
     """
     root = Path(run_dir) / CHECKPOINTS
     final = root / f"step-{state.step:08d}"
-    sharded = distributed.is_sharded(state.model)
+    sharded = distributed.is_sharded(state.learner.model)
     # collectives first, on every process: whole tensors (FSDP) and each process's RNGs
     if sharded:
-        weights = distributed.full_state_dict(state.model)
-        optimizer = distributed.full_optimizer_state(state.model, state.value_head, state.optimizer)
+        weights = distributed.full_state_dict(state.learner.model)
+        optimizer = distributed.full_optimizer_state(state.learner.model, state.learner.value_head,
+                                                     state.learner.optimizer)
     else:
-        weights, optimizer = trainable_weights(state.model), state.optimizer.state_dict()
+        weights, optimizer = trainable_weights(state.learner.model), state.learner.optimizer.state_dict()
     rngs = distributed.all_gather(rng_state())
     if distributed.is_main():
         _write(root, final, state, weights, optimizer, rngs, sharded, config_yaml, keep)
@@ -121,8 +122,8 @@ def _write(root: Path, final: Path, state, weights: dict, optimizer: dict, rngs:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(weights, tmp / "weights.safetensors")
-    if state.value_head is not None:
-        save_file(trainable_weights(state.value_head), tmp / "value_head.safetensors")
+    if state.learner.value_head is not None:
+        save_file(trainable_weights(state.learner.value_head), tmp / "value_head.safetensors")
     torch.save(optimizer, tmp / "optimizer.pt")
     fault_point("checkpoint", state.step)              # a crash here leaves only the .tmp folder
     torch.save({
@@ -193,23 +194,24 @@ def load_checkpoint(checkpoint: Path, state) -> None:
     """
     distributed.run_on_main(lambda: verify(checkpoint))
     saved = torch.load(checkpoint / "state.pt", weights_only=True)
-    sharded = distributed.is_sharded(state.model)
+    learner = state.learner
+    sharded = distributed.is_sharded(learner.model)
     if saved.get("optimizer_keys", "indices") != ("names" if sharded else "indices"):
         raise CheckpointError(f"checkpoint {checkpoint} was written with{'out' if sharded else ''} "
                               f"dist.strategy=fsdp; resume it the same way")
     if sharded:
         weights = load_file(checkpoint / "weights.safetensors") if distributed.is_main() else {}
-        distributed.run_on_main(lambda: _check_names(state.model, weights, checkpoint))
-        distributed.load_full_state_dict(state.model, weights)
+        distributed.run_on_main(lambda: _check_names(learner.model, weights, checkpoint))
+        distributed.load_full_state_dict(learner.model, weights)
     else:
-        _load_weights(state.model, load_file(checkpoint / "weights.safetensors"), checkpoint)
-    if state.value_head is not None:
-        _load_weights(state.value_head, load_file(checkpoint / "value_head.safetensors"), checkpoint)
+        _load_weights(learner.model, load_file(checkpoint / "weights.safetensors"), checkpoint)
+    if learner.value_head is not None:
+        _load_weights(learner.value_head, load_file(checkpoint / "value_head.safetensors"), checkpoint)
     if sharded:
         optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True) if distributed.is_main() else {}
-        distributed.load_full_optimizer_state(state.model, state.value_head, state.optimizer, optimizer)
+        distributed.load_full_optimizer_state(learner.model, learner.value_head, learner.optimizer, optimizer)
     else:
-        state.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        learner.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
     state.step = saved["step"]
     rngs = saved.get("rng_ranks", [saved["rng"]])
     # each process its own RNGs; resumed with another number of processes, rank 0's

@@ -1,13 +1,18 @@
-"""ExperienceBuffer: store rollouts, hand out shuffled minibatches, track staleness.
+"""ExperienceBuffer: the rollouts the update learns from, dealt into minibatches.
 
 On-policy recipes (PG, PPO, GRPO) call ``clear()`` after every step, so the buffer
-only ever holds the current step's rollout and ``minibatches`` splits it for the
-PPO epochs. Off-policy recipes keep up to ``capacity`` rows across steps and use
-``staleness`` to weight or drop old rows.
+only ever holds the current step's rows (this process's share of them) and
+``minibatches`` deals them into the epochs' minibatches. A buffer kept across
+steps holds up to ``capacity`` rows, the oldest evicted first.
 
 The buffer stores rows, not groups: eviction and minibatches break the prompt-major
 G-sample structure (``Rollout.select`` sets ``group_size`` to 1), so compute
 group-relative advantages *before* ``add``.
+
+Under data parallelism each of W processes holds rows ``rank*n ... rank*n+n-1`` of
+the step's whole batch. The minibatches are dealt over the whole batch's rows in a
+way that does not depend on W (``minibatch_rows``), and each process takes its
+share of each: one process and W processes train on the same minibatches.
 """
 
 from __future__ import annotations
@@ -21,11 +26,33 @@ from torch import Tensor
 from tokrl.types import Rollout, concat_rollouts
 
 
+def num_minibatches(num_rows: int, size: int) -> int:
+    """K = ceil(N / size) minibatches per epoch (one when size is 0)."""
+    return max(1, -(-num_rows // size)) if size else 1
+
+
+def minibatch_rows(num_rows: int, size: int, generator: torch.Generator) -> list[Tensor]:
+    """One epoch's minibatches: the N rows dealt into K = ceil(N / size) random minibatches.
+
+    The rows are cut into blocks of K consecutive rows and each block deals one row to
+    each minibatch, in a random order per block. Every minibatch is then a random sample
+    spread evenly over the batch, and a shard of whole blocks (what each of W processes
+    holds) gives every minibatch the same number of rows whatever W is: the minibatches
+    are the same rows for one process and for W.
+    returns K (n_k,) long tensors of row indices, ascending; sizes differ by at most one.
+    """
+    k = num_minibatches(num_rows, size)
+    blocks = -(-num_rows // k)
+    deal = torch.rand(blocks, k, generator=generator, device=generator.device).argsort(dim=1).cpu()  # (blocks, K)
+    rows = torch.arange(blocks)[:, None] * k + deal                                                   # (blocks, K)
+    return [r[r < num_rows] for r in rows.T]                            # a last, partial block deals fewer
+
+
 class ExperienceBuffer:
     """At most ``capacity`` sequences, oldest rows evicted first.
 
     Rows live in one concatenated ``Rollout`` (N rows, P / T = the widest part stored
-    so far) beside ``steps``, (N,) long: the step at which each row was collected.
+    so far).
     """
 
     def __init__(self, capacity: int):
@@ -33,13 +60,12 @@ class ExperienceBuffer:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
         self._data: Rollout | None = None
-        self._steps = torch.zeros(0, dtype=torch.long)  # (N,)
 
     def __len__(self) -> int:
         return 0 if self._data is None else self._data.num_sequences
 
-    def add(self, rollout: Rollout, step: int) -> None:
-        """Store the N rows of ``rollout``, collected at ``step``; evict the oldest if full."""
+    def add(self, rollout: Rollout) -> None:
+        """Store the N rows of ``rollout``; evict the oldest if full."""
         n = rollout.num_sequences
         if n > self.capacity:
             # evicting rows of the batch being added would silently drop fresh data
@@ -51,43 +77,37 @@ class ExperienceBuffer:
         else:
             _check_compatible(self._data, rollout)
             self._data = concat_rollouts([self._data, rollout])
-        self._steps = torch.cat([self._steps, torch.full((n,), step, dtype=torch.long)])
         excess = len(self) - self.capacity
         if excess > 0:  # rows are stored oldest first, so the oldest are the first rows
-            keep = torch.arange(excess, len(self))
-            self._data, self._steps = self._data.select(keep), self._steps[excess:]
+            self._data = self._data.select(torch.arange(excess, len(self)))
 
-    def minibatches(self, size: int, generator: torch.Generator) -> Iterator[Rollout]:
-        """Every stored row exactly once, shuffled, in Rollouts of ``size`` rows.
+    def minibatches(self, size: int, generator: torch.Generator, world: int = 1, rank: int = 0
+                    ) -> Iterator[Rollout]:
+        """One epoch: this process's share of each of the K = ceil(W*N / size) minibatches.
 
-        The last minibatch may be smaller. The permutation is drawn from ``generator``
-        when this method is called (not at the first ``next``), so the order depends
-        only on the generator's state and later ``add`` calls do not change it.
-        Minibatches keep the buffer's padded widths P and T (a loss normalised by T
-        must not change with the split).
+        The buffer holds rows ``rank*N ... rank*N+N-1`` of a batch of W*N rows spread over
+        W processes (W = 1: all of it). ``size`` 0 means one minibatch of everything. The
+        deal is drawn from ``generator`` when this is called, so the order depends only on
+        the generator's state. Minibatches keep the buffer's padded widths P and T (a
+        loss normalised by T must not change with the split).
         """
-        if size < 1:
-            raise ValueError(f"minibatch size must be >= 1, got {size}")
+        if size < 0:
+            raise ValueError(f"minibatch size must be >= 0, got {size}")
         data = self._data
         if data is None:
             return iter(())
-        # randperm draws on the generator's device; the indices are moved to the data's
-        order = torch.randperm(len(self), generator=generator, device=generator.device)
-        order = order.to(data.tokens.device)
-        return (data.select(order[i:i + size]) for i in range(0, len(order), size))
+        n = data.num_sequences
+        first = rank * n
+        deals = minibatch_rows(n * world, size, generator)
+        return (data.select(rows[(rows >= first) & (rows < first + n)] - first) for rows in deals)
 
     def stored(self) -> Rollout | None:
         """Every stored row, oldest first, as one Rollout (None when empty)."""
         return self._data
 
-    def staleness(self, step: int) -> Tensor:
-        """(N,) long: how many steps ago each stored row was collected (0 = this step)."""
-        return step - self._steps
-
     def clear(self) -> None:
         """Drop every row (on-policy training calls this after each step)."""
         self._data = None
-        self._steps = torch.zeros(0, dtype=torch.long)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -100,11 +120,10 @@ class ExperienceBuffer:
         rollout = None
         if self._data is not None:
             rollout = {f.name: getattr(self._data, f.name) for f in fields(Rollout)}
-        return {"capacity": self.capacity, "steps": self._steps, "rollout": rollout}
+        return {"capacity": self.capacity, "rollout": rollout}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.capacity = int(state["capacity"])
-        self._steps = state["steps"]
         self._data = None if state["rollout"] is None else Rollout(**state["rollout"])
 
 

@@ -2,7 +2,7 @@
 
 ``write_report(run_dir)`` reads only the files a run leaves behind (config.yaml,
 metrics.jsonl, eval.jsonl, eval_samples.jsonl, samples.jsonl; see
-``tokrl.metrics`` for their records) and writes next to them:
+``tokrl.runs.metrics`` for their records) and writes next to them:
 
 - report-curves.png: reward, held-out metric, KL to the reference, entropy,
   completion length and tokens/s over steps (raw values faint, a moving average
@@ -21,42 +21,24 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tokrl.plots import plan_panels, series, write_curves
+from tokrl.runs.heatmap import heatmap
+from tokrl.runs.html import fmt, score_of, show
+from tokrl.runs.logs import read_jsonl
+from tokrl.runs.plots import plan_panels, series, write_curves
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "eval_samples.jsonl", "samples.jsonl")
 CURVES_PNG = "report-curves.png"
 MAX_TABLE_ROWS = 16
 """held-out prompts shown in the before/after table"""
-SAMPLES_PER_SNAPSHOT = 4
-"""training samples shown per snapshot (early, middle, late) of the heatmap"""
-ADVANTAGE_CMAP = "RdBu"      # red: made less likely, blue: made more likely
-REWARD_CMAP = "PiYG"         # pink: penalty, green: reward
 
 
 # ---------------------------------------------------------------------- reading
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; [] when it is missing. A torn line (a run
-    killed mid-write) is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
 
 def _read_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
@@ -80,44 +62,7 @@ def _check_run_dir(run_dir: Path) -> None:
 
 # ---------------------------------------------------------------------- numbers
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    """``x`` with ``digits`` decimals; tiny numbers in scientific notation when digits >= 3
-    (a KL of 2e-5 is news; a score of 2e-9 is 0.00)."""
-    if x is None or not math.isfinite(x):
-        return "—"
-    if digits >= 3 and x != 0 and abs(x) < 10 ** -digits:
-        return f"{x:.1e}"
-    if round(x, digits) == 0:
-        x = 0.0                                   # never "-0.00"
-    return f"{x:.{digits}f}"
-
-
-def _signed(x: float, digits: int = 3) -> str:
-    return ("+" if x > 0 else "") + _fmt(x, digits)
-
-
 # ------------------------------------------------------------------------- HTML
-
-def _colour(value: float | None, scale: float, cmap) -> tuple[str, str]:
-    """(background, text) colours of ``value`` on a diverging map spanning ±scale."""
-    t = 0.5                                                      # the neutral middle of the map
-    if value is not None and scale > 0 and math.isfinite(value):
-        t = 0.5 + 0.5 * max(-1.0, min(1.0, value / scale))
-    r, g, b, _ = cmap(t)
-    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
-    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}", "#0f172a" if luminance > 0.55 else "#ffffff"
-
-
-def _gradient(cmap) -> str:
-    stops = ", ".join(_colour(x, 1.0, cmap)[0] for x in (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0))
-    return f"linear-gradient(90deg, {stops})"
-
-
-def _show(text: str) -> str:
-    """Escaped token or completion text with invisible characters made visible."""
-    text = text.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
-    return html.escape(text) if text else '<span class="muted">∅</span>'
-
 
 def _facts(run_dir: Path, config: dict, metrics: list[dict], evals: list[dict]) -> list[tuple[str, str, str]]:
     """(label, value, detail) of the header cards."""
@@ -145,7 +90,7 @@ def _facts(run_dir: Path, config: dict, metrics: list[dict], evals: list[dict]) 
              ("Steps", str(steps), html.escape(steps_detail))]
     if evals:
         first, last = evals[0], evals[-1]
-        arrow = f"{_fmt(first.get('reward'), 2)} → <b>{_fmt(last.get('reward'), 2)}</b>"
+        arrow = f"{fmt(first.get('reward'), 2)} → <b>{fmt(last.get('reward'), 2)}</b>"
         detail = f"steps {first.get('step')} → {last.get('step')}"
         if "solved" in first and "solved" in last:
             detail = f"solved {first['solved']:.0%} → {last['solved']:.0%} · n={last.get('n', '?')}"
@@ -156,11 +101,6 @@ def _facts(run_dir: Path, config: dict, metrics: list[dict], evals: list[dict]) 
         median = sorted(speed)[len(speed) // 2]
         facts.append(("Throughput", f"{median:,.0f} tok/s", f"median · {seconds:,.0f} s training"))
     return facts
-
-
-def _score(record: dict) -> float:
-    s = record.get("score")
-    return float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else math.nan
 
 
 def _pairs(eval_samples: list[dict], first: int, last: int) -> list[tuple[dict, dict]]:
@@ -183,16 +123,16 @@ def _before_after(eval_samples: list[dict]) -> str:
         return '<p class="note">Only one evaluation in eval_samples.jsonl: there is no before/after to compare.</p>'
     first, last = steps[0], steps[-1]
     pairs = _pairs(eval_samples, first, last)
-    deltas = [_score(b) - _score(a) for a, b in pairs]
+    deltas = [score_of(b) - score_of(a) for a, b in pairs]
     better, worse = sum(d > 1e-9 for d in deltas), sum(d < -1e-9 for d in deltas)
     rows = []
     for (a, b), d in list(zip(pairs, deltas))[:MAX_TABLE_ROWS]:
         cls = "up" if d > 1e-9 else "down" if d < -1e-9 else "same"
-        rows.append(f'<tr class="pair {cls}"><td class="mono prompt">{_show(str(a.get("prompt", "")))}</td>'
-                    f'<td class="mono">{_show(str(a.get("completion", "")))}</td>'
-                    f'<td class="num">{_fmt(_score(a), 2)}</td>'
-                    f'<td class="mono">{_show(str(b.get("completion", "")))}</td>'
-                    f'<td class="num"><span class="pill {cls}">{_fmt(_score(b), 2)}</span></td></tr>')
+        rows.append(f'<tr class="pair {cls}"><td class="mono prompt">{show(str(a.get("prompt", "")))}</td>'
+                    f'<td class="mono">{show(str(a.get("completion", "")))}</td>'
+                    f'<td class="num">{fmt(score_of(a), 2)}</td>'
+                    f'<td class="mono">{show(str(b.get("completion", "")))}</td>'
+                    f'<td class="num"><span class="pill {cls}">{fmt(score_of(b), 2)}</span></td></tr>')
     summary = (f"{len(pairs)} held-out prompts, greedy decoding, step {first} → step {last}: "
                f'<span class="up-text">{better} better</span>, {len(pairs) - better - worse} unchanged, '
                f'<span class="down-text">{worse} worse</span>.'
@@ -201,100 +141,6 @@ def _before_after(eval_samples: list[dict]) -> str:
             f'<th>after (step {last})</th><th class="num">score</th></tr>')
     return (f'<p class="note">{summary}</p><table class="pairs"><thead>{head}</thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
-
-
-def _snapshots(samples: list[dict]) -> list[tuple[str, int, list[dict]]]:
-    """(label, step, samples) for the first, a middle and the last logged step."""
-    by_step: dict[int, list[dict]] = {}
-    for s in samples:
-        if isinstance(s.get("step"), int) and isinstance(s.get("token_texts"), list):
-            by_step.setdefault(s["step"], []).append(s)
-    steps = sorted(by_step)
-    if not steps:
-        return []
-    picks = [("Early", steps[0]), ("Middle", steps[len(steps) // 2]), ("Late", steps[-1])]
-    out, seen = [], set()
-    for label, step in picks:
-        if step not in seen:
-            seen.add(step)
-            out.append((label, step, by_step[step][:SAMPLES_PER_SNAPSHOT]))
-    return out
-
-
-def _numbers(values: Any) -> list[float | None]:
-    """A per-token list from samples.jsonl with anything that is not a number as None."""
-    if not isinstance(values, list):
-        return []
-    return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None for v in values]
-
-
-def _max_abs(lists: list[list[float | None]]) -> float:
-    return max((abs(x) for values in lists for x in values if x is not None and math.isfinite(x)), default=0.0)
-
-
-def _sample_row(sample: dict, adv_scale: float, rew_scale: float | None, adv_cmap, rew_cmap) -> str:
-    """One training completion: its prompt, a coloured span per token, its score.
-
-    Each token's background is its advantage on ±adv_scale; with rew_scale, a strip
-    under it shows its reward on ±rew_scale. The title (tooltip) has the numbers.
-    """
-    advs, rews = _numbers(sample.get("advantages")), _numbers(sample.get("rewards"))
-    cells = []
-    for t, text in enumerate(sample["token_texts"]):
-        a = advs[t] if t < len(advs) else None
-        r = rews[t] if t < len(rews) else None
-        bg, fg = _colour(a, adv_scale, adv_cmap) if a is not None else ("#f1f5f9", "#0f172a")
-        title = (f"token {t}: {str(text)!r}" + (f" · advantage {_signed(a, 4)}" if a is not None else "")
-                 + (f" · reward {_signed(r, 4)}" if r is not None else ""))
-        strip = ""
-        if rew_scale is not None:
-            strip_bg = _colour(r, rew_scale, rew_cmap)[0] if r is not None else "transparent"
-            strip = f'<span class="rw" style="background:{strip_bg}"></span>'
-        cells.append(f'<span class="cell" title="{html.escape(title)}"><span class="tok" '
-                     f'style="background:{bg};color:{fg}">{_show(str(text))}</span>{strip}</span>')
-    return (f'<div class="sample"><span class="mono prompt">{_show(str(sample.get("prompt", "")))}</span>'
-            f'<span class="tokens">{"".join(cells)}</span>'
-            f'<span class="score">score {_fmt(_score(sample), 2)}</span></div>')
-
-
-def _legend(adv_cmap, rew_cmap, rew_scale: float | None) -> str:
-    legend = (f'<div class="legend"><div><span class="name">token: advantage A<sub>t</sub></span>'
-              f'<span class="bar" style="background:{_gradient(adv_cmap)}"></span>'
-              '<span class="ends"><span>− made less likely</span><span>0</span>'
-              '<span>made more likely +</span></span></div>')
-    if rew_scale is not None:
-        legend += (f'<div><span class="name">strip: reward r<sub>t</sub></span>'
-                   f'<span class="bar thin" style="background:{_gradient(rew_cmap)}"></span>'
-                   f'<span class="ends"><span>−{_fmt(rew_scale, 2)}</span><span>0</span>'
-                   f'<span>+{_fmt(rew_scale, 2)}</span></span></div>')
-    return legend + "</div>"
-
-
-def _heatmap(samples: list[dict]) -> str:
-    """Training samples as rows of coloured token spans, one block per snapshot.
-
-    Advantages use one colour scale per block (their size changes a lot during
-    training; the block header states it), rewards one scale for the whole page.
-    """
-    from matplotlib import colormaps
-
-    snapshots = _snapshots(samples)
-    if not snapshots:
-        return '<p class="note">No training samples with per-token data (samples.jsonl is missing or empty).</p>'
-    adv_cmap, rew_cmap = colormaps[ADVANTAGE_CMAP], colormaps[REWARD_CMAP]
-    shown = [s for _, _, group in snapshots for s in group]
-    has_adv = any(_numbers(s.get("advantages")) for s in shown)
-    has_rew = any(_numbers(s.get("rewards")) for s in shown)
-    rew_scale = _max_abs([_numbers(s.get("rewards")) for s in shown]) if has_rew else None
-    blocks = []
-    for label, step, group in snapshots:
-        adv_scale = _max_abs([_numbers(s.get("advantages")) for s in group])
-        rows = "".join(_sample_row(s, adv_scale, rew_scale, adv_cmap, rew_cmap) for s in group)
-        scale = f"colour scale ±{_fmt(adv_scale, 3)}" if has_adv else "no advantages logged"
-        blocks.append(f'<div class="snapshot"><h3>{label} <span class="muted">· step {step} · {scale}</span></h3>'
-                      f'{rows}</div>')
-    note = "" if has_adv else '<p class="note">This run logged no advantages; tokens are uncoloured.</p>'
-    return _legend(adv_cmap, rew_cmap, rew_scale) + note + "".join(blocks)
 
 
 CSS = """
@@ -393,7 +239,7 @@ greedy decoding on the task's test split at each evaluation.</p>
 its advantage A<sub>t</sub>, the weight the policy gradient puts on log&nbsp;π(y<sub>t</sub>): blue tokens were made
 more likely, red ones less likely (each block has its own colour scale). The strip under a token is its reward
 r<sub>t</sub>. Hover a token for the numbers.</p>
-{_heatmap(samples)}
+{heatmap(samples)}
 </section>
 <footer>Written by <code>tokrl report</code> from {html.escape(present)}.</footer>
 </main>
@@ -412,10 +258,10 @@ def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
     config = _read_config(run_dir / "config.yaml")
-    metrics = _read_jsonl(run_dir / "metrics.jsonl")
-    evals = _read_jsonl(run_dir / "eval.jsonl")
-    eval_samples = _read_jsonl(run_dir / "eval_samples.jsonl")
-    samples = _read_jsonl(run_dir / "samples.jsonl")
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    evals = read_jsonl(run_dir / "eval.jsonl")
+    eval_samples = read_jsonl(run_dir / "eval_samples.jsonl")
+    samples = read_jsonl(run_dir / "samples.jsonl")
 
     panels, skipped = plan_panels(metrics, evals, config)
     curves = None

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from tokrl.config import SamplingConfig
-from tokrl.rollout import rollout
+from tokrl.generation.batch import rollout
 from tokrl.tasks import Example, Task
 
 
@@ -24,7 +24,7 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], sampling: Sa
     scores, samples = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        batch = rollout(model, tokenizer, task, chunk, 1, sampling, None, chat_template, autocast)
+        batch = rollout(model, tokenizer, task, chunk, 1, sampling, chat_template=chat_template, autocast=autocast)
         scores.append(batch.scores)
         samples += [{"prompt": ex["prompt"], "completion": text, "score": float(score)}
                     for ex, text, score in zip(chunk, batch.texts, batch.scores)]

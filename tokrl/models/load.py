@@ -1,30 +1,14 @@
-"""Load the policy and its tokenizer; the value head that turns the policy into an actor-critic."""
+"""Load the policy and its tokenizer (a directory, a .gguf file or a built-in name),
+add LoRA adapters, and save it back in Hugging Face format."""
 
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
 
 from tokrl.config import ModelConfig
-
-
-class ValueHead(nn.Module):
-    """V(s_t) from the policy trunk's last hidden state: one linear layer, zero-initialised
-    so the first baseline is 0 and the first update is plain REINFORCE."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        """hidden: (N, T, H) -> (N, T) float32."""
-        return self.linear(hidden.float()).squeeze(-1)
 
 
 def load_policy(cfg: ModelConfig):
@@ -37,8 +21,8 @@ def load_policy(cfg: ModelConfig):
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tokrl.attention import use_tokrl_attention
-    from tokrl.pretrained import resolve_model
+    from tokrl.models.attention import use_tokrl_attention
+    from tokrl.models.pretrained import resolve_model
 
     directory = resolve_model(cfg.name, cfg.cache_dir)
     if not any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
@@ -76,29 +60,6 @@ def add_lora(model, cfg: ModelConfig):
 
 def is_lora(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
-class Reference:
-    """The frozen initial policy that KL is measured against.
-
-    Without LoRA it is a frozen copy of the policy. With LoRA it is the policy itself
-    with its adapters disabled: the base weights never change, so no copy is needed.
-    """
-
-    def __init__(self, policy: nn.Module):
-        self.shared = is_lora(policy)
-        self.model = policy if self.shared else copy.deepcopy(policy).requires_grad_(False)
-
-    def disabled_adapters(self):
-        """The context in which ``self.model`` computes the reference distribution."""
-        return self.model.disable_adapter() if self.shared else nullcontext()
-
-
-def autocast(dtype: str):
-    """The forward-pass context for ``dtype`` on CPU: bf16 autocast, or nothing for fp32."""
-    if dtype == "bfloat16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def save_policy(model, tokenizer, directory: str | Path) -> None:

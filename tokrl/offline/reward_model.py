@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tokrl.offline.fit import FitConfig, add_fit_arguments, fit_fields, record, run_command, run_epochs
+
 
 @dataclass
-class RewardModelConfig:
-    data: str
-    """preference table (JSONL, CSV or Parquet) with prompt, chosen and rejected columns"""
-    model: str = "tiny-random"
-    """the causal LM whose trunk the reward model starts from: a directory, .gguf or built-in name"""
+class RewardModelConfig(FitConfig):
     output_dir: str = "runs/reward_model"
     """where the trained reward model is saved (Hugging Face format)"""
     head: str = "classifier"
@@ -44,38 +40,11 @@ class RewardModelConfig:
     """the column that holds the preferred completion"""
     rejected_column: str = "rejected"
     """the column that holds the other completion"""
-    test_path: str | None = None
-    """a separate held-out table (default: a test_fraction of data)"""
-    test_fraction: float = 0.1
-    """share of pairs held out for the accuracy (seeded)"""
-    epochs: int = 1
-    """passes over the training pairs"""
-    batch_size: int = 16
-    """pairs per optimizer step"""
-    lr: float = 1e-4
-    """AdamW learning rate"""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay"""
-    max_grad_norm: float = 1.0
-    """clip the global gradient norm to this (0: off)"""
-    dtype: str = "float32"
-    """compute dtype: float32, or bfloat16 autocast (never float16 on CPU)"""
-    seed: int = 0
-    """seeds the split, the shuffling and the new head"""
-    cache_dir: str | None = None
-    """model cache for built-in names and .gguf files"""
 
-    def validate(self) -> None:
+    def checks(self) -> list[tuple[bool, str]]:
         from tokrl.rewards.model import KINDS
 
-        checks = [(self.head in KINDS, f"head {self.head!r} is not one of {', '.join(KINDS)}"),
-                  (self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 1, "batch size must be >= 1"),
-                  (self.lr > 0, "learning rate must be > 0"),
-                  (0.0 <= self.test_fraction < 1.0, "test fraction must lie in [0, 1)"),
-                  (self.dtype in ("float32", "bfloat16"), f"dtype {self.dtype!r} is not float32 or bfloat16")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        return [(self.head in KINDS, f"head {self.head!r} is not one of {', '.join(KINDS)}"), *super().checks()]
 
 
 # ------------------------------------------------------------------------ the math
@@ -98,7 +67,7 @@ Pair = tuple[str, str, str]
 
 def pair_scores(model, tokenizer, pairs: list[Pair], dtype: str = "float32") -> tuple[Tensor, Tensor]:
     """(r(x, y_c), r(x, y_r)), each (B,), from one forward pass over the 2B sequences."""
-    from tokrl.models import autocast
+    from tokrl.models.forward import autocast
     from tokrl.rewards.model import encode, pad_right
 
     prompts = [p for p, _, _ in pairs] * 2
@@ -141,7 +110,7 @@ class RewardModelRun:
 
 def prepare(cfg: RewardModelConfig) -> RewardModelRun:
     """Load the pairs and the starting model (with a new scalar output)."""
-    from tokrl.data import load_table
+    from tokrl.tasks.data import load_table
     from tokrl.rewards.model import init_reward_model
 
     cfg.validate()
@@ -160,33 +129,19 @@ def fit(run: RewardModelRun, progress: Callable[[dict[str, float]], None] | None
     """Train ``run.model`` in place; returns the summary (held-out accuracy before and after)."""
     cfg, model = run.cfg, run.model
     before = evaluate_pairs(model, run.tokenizer, run.test, cfg.batch_size, cfg.dtype)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    order_rng = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    steps, last = 0, math.nan
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(len(run.train), generator=order_rng).tolist()
-        for start in range(0, len(order), cfg.batch_size):
-            batch = [run.train[i] for i in order[start:start + cfg.batch_size]]
-            chosen, rejected = pair_scores(model, run.tokenizer, batch, cfg.dtype)
-            loss = bradley_terry_loss(chosen, rejected)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)
-            optimizer.step()
-            steps, last = steps + 1, loss.item()
-            if progress is not None:
-                progress({"epoch": epoch + 1, "step": steps, "loss": last,
-                          "accuracy": pairwise_accuracy(chosen.detach(), rejected.detach())})
-    model.eval()
+
+    def batch_loss(batch: list[Pair]) -> tuple[Tensor, dict[str, float]]:
+        chosen, rejected = pair_scores(model, run.tokenizer, batch, cfg.dtype)
+        return bradley_terry_loss(chosen, rejected), {"accuracy": pairwise_accuracy(chosen.detach(), rejected.detach())}
+
+    steps, last = run_epochs(model, run.train, batch_loss, cfg, progress)
     after = evaluate_pairs(model, run.tokenizer, run.test, cfg.batch_size, cfg.dtype)
     return {"head": cfg.head, "train_pairs": len(run.train), "test_pairs": len(run.test), "steps": steps,
             "train_loss_last": last, "test_before": before, "test_after": after}
 
 
 def save(run: RewardModelRun, directory, summary: dict[str, Any]) -> None:
-    run.model.save_pretrained(directory, run.tokenizer, {"config": asdict(run.cfg), **summary})
+    run.model.save_pretrained(directory, run.tokenizer, record(run.cfg, summary))
 
 
 # ------------------------------------------------------------------------ CLI
@@ -196,23 +151,13 @@ def add_command(subparsers) -> None:
     sub = p.add_subparsers(dest="reward_model_command", required=True)
 
     t = sub.add_parser("train", help="fit a Bradley-Terry reward model on preference pairs")
-    t.add_argument("data", help="JSONL, CSV or Parquet with prompt, chosen and rejected columns")
-    t.add_argument("--model", default="tiny-random", help="starting causal LM: directory, .gguf or built-in name")
-    t.add_argument("--output", default="runs/reward_model", help="where to save it (default runs/reward_model)")
+    add_fit_arguments(t, "JSONL, CSV or Parquet with prompt, chosen and rejected columns", "runs/reward_model",
+                      epochs=1)
     t.add_argument("--head", default="classifier", choices=["classifier", "scalar_head"],
                    help="classifier: AutoModelForSequenceClassification; scalar_head: causal LM + linear head")
     t.add_argument("--prompt-column", default="prompt")
     t.add_argument("--chosen-column", default="chosen")
     t.add_argument("--rejected-column", default="rejected")
-    t.add_argument("--test-data", default=None, help="held-out pairs (default: --test-fraction of data)")
-    t.add_argument("--test-fraction", type=float, default=0.1)
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train_cli)
 
     e = sub.add_parser("eval", help="held-out pairwise accuracy of a reward model, as JSON")
@@ -226,35 +171,14 @@ def add_command(subparsers) -> None:
 
 
 def _train_cli(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from tokrl.data import check_output_dir, staged_output
-
-    cfg = RewardModelConfig(data=args.data, model=args.model, output_dir=args.output, head=args.head,
-                            prompt_column=args.prompt_column, chosen_column=args.chosen_column,
-                            rejected_column=args.rejected_column, test_path=args.test_data,
-                            test_fraction=args.test_fraction, epochs=args.epochs, batch_size=args.batch_size,
-                            lr=args.lr, dtype=args.dtype, seed=args.seed)
-    cfg.validate()
-    out = check_output_dir(cfg.output_dir, args.overwrite)
-    run = prepare(cfg)                                      # bad data or model: nothing written yet
-    bar = tqdm(total=cfg.epochs * -(-len(run.train) // cfg.batch_size), desc="reward-model", unit="step",
-               file=sys.stderr, disable=args.quiet, dynamic_ncols=True)
-
-    def progress(m: dict[str, float]) -> None:
-        bar.update(1)
-        bar.set_postfix(epoch=m["epoch"], loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}")
-
-    summary = fit(run, progress)
-    bar.close()
-    with staged_output(out) as tmp:
-        save(run, tmp, summary)
-    print(json.dumps({"output": str(out), **summary}, indent=2))
-    return 0
+    cfg = RewardModelConfig(**fit_fields(args), head=args.head, prompt_column=args.prompt_column,
+                            chosen_column=args.chosen_column, rejected_column=args.rejected_column)
+    return run_command(cfg, args, prepare, fit, save, lambda run: len(run.train), "reward-model",
+                       lambda m: {"epoch": m["epoch"], "loss": f"{m['loss']:.3f}", "acc": f"{m['accuracy']:.2f}"})
 
 
 def _eval_cli(args: argparse.Namespace) -> int:
-    from tokrl.data import read_rows, require_columns
+    from tokrl.tasks.data import read_rows, require_columns
     from tokrl.rewards.model import load_reward_model
 
     columns = [args.prompt_column, args.chosen_column, args.rejected_column]

@@ -61,7 +61,7 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
     if str(name_or_path) == SMOLLM2:
         return _build_once(cache / SMOLLM2, _fetch_smollm2)
     if str(name_or_path) == TINY:
-        from tokrl.tiny import make_tiny_model
+        from tokrl.models.tiny import make_tiny_model
 
         return _build_once(cache / TINY, make_tiny_model)
     found = (f"{path} is a directory without config.json" if path.is_dir()

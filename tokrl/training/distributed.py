@@ -7,11 +7,11 @@ here is the identity or does nothing. With W processes (ranks 0 ... W-1):
 
 - each rank rolls out B/W of the step's B prompts, prompt-major, so a prompt's G
   samples stay on one rank; sampling noise is keyed to (seed, step, prompt, sample),
-  not to the rank (``rollout.sample_seeds``);
+  not to the rank (``generation.sampling.sample_seeds``);
 - the scored rows are gathered (``gather_rollout``: N x T numbers, small beside the
   model), so every rank computes rewards' KL, advantages, baselines, whitening and
   metrics over the whole batch exactly as one process would, then keeps its own rows;
-- minibatches are the same rows whatever W is (``update.minibatch_rows``), the
+- minibatches are the same rows whatever W is (``buffer.minibatch_rows``), the
   update's token and sequence counts are all-reduced (the whole batch's
   denominators) and gradients are summed over ranks, by DDP (replicated weights) or
   FSDP2 (``fully_shard``: weights, gradients and AdamW state split W ways);
@@ -34,7 +34,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from tokrl.config import Config, ConfigError
+from tokrl.config import Config
+from tokrl.errors import ConfigError
+from tokrl.training.buffer import num_minibatches
 from tokrl.types import Rollout, concat_rollouts
 
 
@@ -80,8 +82,6 @@ def shutdown() -> None:
 
 def check(cfg: Config, world: int) -> None:
     """Raise ConfigError when the step's batch cannot split evenly over ``world`` processes."""
-    from tokrl.update import num_minibatches
-
     t = cfg.train
     if world == 1:
         return
@@ -204,7 +204,7 @@ def shard(examples: list) -> tuple[int, list]:
 def gather_rollout(batch: Rollout) -> Rollout:
     """The whole step's batch on every process: each rank's rows, in rank order.
 
-    Ranks pad prompts to the same width P (``rollout.longest_prompt``); completions are
+    Ranks pad prompts to the same width P (``generation.prompts.longest_prompt``); completions are
     right-padded to the longest T. With one process: ``batch`` itself.
     """
     if world_size() == 1:

@@ -1,0 +1,145 @@
+"""tokrl's engine: batched sampling with a KV cache, the exact reference.
+
+The prompts are encoded once (prefill); after that each new token costs one
+forward pass over one position per sequence, reading keys and values of the
+past from the cache. Re-encoding the whole sequence for every token would cost
+O(T^2) instead of O(T). Each row's noise comes from its own seed
+(``sampling.sample_seeds``), so a row's completion does not depend on which
+other rows share its batch or its process.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tokrl.generation.sampling import inverse_cdf, process_logits, row_uniforms
+from tokrl.losses import entropy as full_entropy
+from tokrl.training import distributed
+
+
+@dataclass
+class Completions:
+    """What a rollout records per row while it decodes (T = max_new_tokens until trimmed)."""
+
+    tokens: Tensor
+    """(N, T) long: sampled ids, the pad id after a row is done"""
+    logprobs: Tensor
+    """(N, T) float32: log-prob of each sampled token under the sampled distribution"""
+    entropy: Tensor
+    """(N, T) float32: entropy of the policy at each token"""
+    lengths: Tensor
+    """(N,) long: tokens generated so far (EOS included)"""
+    done: Tensor
+    """(N,) bool: the row hit EOS or its cap"""
+
+    @classmethod
+    def empty(cls, caps: Tensor, steps: int, pad_id: int) -> "Completions":
+        N = caps.shape[0]
+        return cls(torch.full((N, steps), pad_id, dtype=torch.long), torch.zeros(N, steps), torch.zeros(N, steps),
+                   torch.zeros(N, dtype=torch.long), caps <= 0)
+
+    def record(self, t: int, token: Tensor, logp: Tensor, ent: Tensor, pad_id: int, eos_id: int,
+               caps: Tensor) -> Tensor:
+        """Store step t for the rows still alive; returns the tokens fed back (N,)."""
+        alive = ~self.done
+        token = torch.where(alive, token, torch.full_like(token, pad_id))
+        self.tokens[:, t] = token
+        self.logprobs[:, t] = torch.where(alive, logp, 0.0)
+        self.entropy[:, t] = torch.where(alive, ent, 0.0)
+        self.lengths += alive.long()
+        self.done = self.done | (token == eos_id) | (self.lengths >= caps)
+        return token
+
+    def trimmed(self, steps: int) -> dict[str, Tensor]:
+        """The first ``steps`` columns: tokens, lengths, logprobs, entropy."""
+        return {"tokens": self.tokens[:, :steps], "lengths": self.lengths,
+                "logprobs": self.logprobs[:, :steps], "entropy": self.entropy[:, :steps]}
+
+
+def check_groups(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int) -> None:
+    """Raise unless rows g*G .. g*G+G-1 hold G copies of one prompt."""
+    G, N = group_size, prompt_ids.shape[0]
+    if G > 1 and (N % G or not torch.equal(prompt_ids, prompt_ids[::G].repeat_interleave(G, dim=0))
+                  or not torch.equal(prompt_mask, prompt_mask[::G].repeat_interleave(G, dim=0))):
+        raise ValueError(f"generate: group_size={G} but the rows are not groups of {G} copies of one prompt")
+
+
+def choose(logits: Tensor, sampling, u: Tensor | None, filtered: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One token per row from ``logits`` (N, V): greedy when u is None, else by inverse CDF at u (N,).
+
+    returns token (N,) long, its log-prob (N,) and the policy's entropy (N,), all under
+    the sampled distribution (``process_logits``). Without top-k / top-p the sampled
+    distribution is the tempered one, so its entropy comes from the same log-probs;
+    with them (``filtered``) the full tempered distribution needs its own pass.
+    """
+    z = process_logits(logits, sampling)                                   # (N, V) float32
+    logp_all = torch.log_softmax(z, dim=-1)
+    probs = logp_all.exp()
+    token = z.argmax(dim=-1) if u is None else inverse_cdf(probs, u)
+    logp = logp_all.gather(1, token[:, None]).squeeze(1)
+    if filtered:
+        tempered = logits.float() / sampling.temperature if sampling.temperature > 0 else logits.float()
+        ent = full_entropy(tempered[:, None, :]).squeeze(1)
+    else:
+        ent = -(probs * logp_all).sum(dim=-1)
+    return token, logp, ent
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling, eos_id: int,
+             pad_id: int, caps: Tensor | None = None, generator: torch.Generator | None = None,
+             autocast=None, seeds: Tensor | None = None, group_size: int = 1) -> dict[str, Tensor]:
+    """Sample completions for left-padded prompts with a KV cache.
+
+    prompt_ids, prompt_mask: (N, P); with ``group_size`` G > 1, rows g*G .. g*G+G-1 hold
+    the same prompt (``encode_batch``'s order), which is then encoded once, not G times.
+    sampling: a SamplingConfig. caps: (N,) long, per-row episode lengths set by the task
+    (None: max_new_tokens). A row stops after EOS or at its cap. seeds: (N,) long, the seed
+    of each row's noise (``sample_seeds``); without them each row's seed is drawn from
+    ``generator`` (or torch's global generator). autocast: the context of the forward
+    passes, entered once.
+    returns tokens (N, T) long, lengths (N,) long, logprobs (N, T), entropy (N, T)
+    float32, with T <= max_new_tokens (the longest completion).
+    A model sharded over processes (FSDP) runs one forward pass per token on all of them
+    until every process's rows are done.
+    """
+    N, P = prompt_ids.shape
+    G, Tmax = group_size, sampling.max_new_tokens
+    check_groups(prompt_ids, prompt_mask, G)
+    caps = torch.full((N,), Tmax) if caps is None else caps.clamp(max=Tmax)
+    out = Completions.empty(caps, Tmax, pad_id)
+    noise = None
+    if sampling.temperature > 0:
+        seeds = torch.randint(0, 2**62, (N,), generator=generator) if seeds is None else seeds
+        noise = row_uniforms(seeds, Tmax)                                  # (N, Tmax) float64
+    filtered = sampling.top_k > 0 or sampling.top_p < 1.0
+    attention = torch.cat([prompt_mask, torch.ones(N, Tmax, dtype=prompt_mask.dtype)], dim=1)  # (N, P + Tmax)
+    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)              # (N, P)
+    T = 0
+    # one autocast region for the whole rollout: inside it, each weight is cast to the
+    # autocast dtype once (autocast's cast cache), not once per token
+    with autocast if autocast is not None else nullcontext():
+        prefill = model(input_ids=prompt_ids[::G], attention_mask=attention[::G, :P], position_ids=positions[::G],
+                        use_cache=True, logits_to_keep=1)
+        cache = prefill.cache
+        if G > 1:
+            cache.batch_repeat_interleave(G)                               # each prompt's cache, G times
+        logits = prefill.logits[:, -1].repeat_interleave(G, dim=0)        # (N, V)
+        next_pos = positions[:, -1:] + 1                                   # (N, 1)
+        for t in range(Tmax):
+            if distributed.all_done(out.done, model):
+                break
+            token, logp, ent = choose(logits, sampling, None if noise is None else noise[:, t], filtered)
+            token = out.record(t, token, logp, ent, pad_id, eos_id, caps)
+            T = t + 1
+            if distributed.all_done(out.done, model):
+                break
+            step = model(input_ids=token[:, None], attention_mask=attention[:, : P + t + 1], position_ids=next_pos,
+                         cache=cache, use_cache=True)
+            cache, logits = step.cache, step.logits[:, -1]
+            next_pos = next_pos + 1
+    return out.trimmed(T)

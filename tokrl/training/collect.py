@@ -1,0 +1,159 @@
+"""Collect one step's experience: prompts -> rollout -> extra passes -> rewards' KL -> advantages.
+
+Under torchrun each process rolls out its B/W prompts; the scored rows are then
+gathered, so the KL charged in the rewards, the advantages, the baselines, the
+whitening and the metrics are computed over the whole batch, exactly as one
+process computes them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tokrl import kl, losses
+from tokrl.advantages import MovingAverage, explained_variance, whiten
+from tokrl.algorithms import Recipe
+from tokrl.config import Config, SamplingConfig
+from tokrl.generation.batch import rollout
+from tokrl.generation.prompts import longest_prompt
+from tokrl.generation.sampling import process_logits, sample_seeds
+from tokrl.models.forward import autocast, forward
+from tokrl.models.reference import Reference
+from tokrl.tasks.base import Example, Task
+from tokrl.training import distributed
+from tokrl.training.checkpoint import fault_point
+from tokrl.types import Rollout
+
+
+@dataclass
+class Collected:
+    """One step's scored batch and what the loop needs from it."""
+
+    batch: Rollout
+    """every process's rows, with advantages (and returns for a critic)"""
+    kl_per_seq: float
+    """KL to the reference in nats per sequence (0 without a reference): the adaptive controller's input"""
+    reward_mean: float
+    """mean task score before any KL penalty: the moving average's input"""
+    metrics: dict[str, float]
+    """the collection's numbers, for the log only"""
+
+
+# ------------------------------------------------------------------ extra passes
+
+@torch.no_grad()
+def values_of(model, head, batch: Rollout, dtype: str) -> Tensor:
+    """(N, T) V(s_t) from the value head at rollout time, 0 on padding."""
+    _, values = forward(model, head, batch, dtype)
+    return values * batch.mask
+
+
+@torch.no_grad()
+def reference_logprobs(reference: Reference, batch: Rollout, sampling: SamplingConfig, dtype: str) -> Tensor:
+    """(N, T) log-probs of the sampled tokens under the frozen reference, 0 on padding."""
+    with reference.disabled_adapters():
+        logits, _ = forward(reference.model, None, batch, dtype)
+    return losses.token_logprobs(process_logits(logits, sampling), batch.tokens) * batch.mask
+
+
+@torch.no_grad()
+def greedy_scores(model, tokenizer, task: Task, examples: list[Example], cfg: Config, group_size: int,
+                  prompt_width: int | None) -> Tensor:
+    """(N,) ReMax's baseline: the score of one greedy completion per prompt, repeated G times."""
+    greedy = SamplingConfig(cfg.sampling.max_new_tokens, temperature=0.0)
+    base = rollout(model, tokenizer, task, examples, 1, greedy, chat_template=cfg.model.chat_template,
+                   autocast=autocast(cfg.model.dtype), prompt_width=prompt_width)
+    return base.scores.repeat_interleave(group_size)
+
+
+# --------------------------------------------------------------------- stages
+
+def sample_batch(model, tokenizer, task: Task, examples: list[Example], step: int, cfg: Config) -> Rollout:
+    """This process's share of the step's B prompts, G samples each, scored.
+
+    examples: the step's B prompts, alike on every process. Rows are numbered within the
+    whole step (``prompt_index``) and their noise is keyed to (seed, step, prompt, sample).
+    """
+    t = cfg.train
+    first, mine = distributed.shard(examples)                # this process's B/W of them, prompt-major
+    width = longest_prompt(tokenizer, examples, cfg.model.chat_template)   # every process pads alike
+    with torch.no_grad():
+        batch = rollout(model, tokenizer, task, mine, t.group_size, cfg.sampling,
+                        chat_template=cfg.model.chat_template, autocast=autocast(cfg.model.dtype),
+                        seeds=sample_seeds(t.seed, step, first, len(mine), t.group_size), prompt_width=width,
+                        skip_bad_rewards=t.on_bad_reward == "skip")
+    batch.prompt_index += first
+    return batch
+
+
+def estimate(batch: Rollout, recipe: Recipe, baseline: MovingAverage, beta: float) -> tuple[Rollout, float]:
+    """Charge KL in the rewards (when the recipe does), then the advantages (and returns).
+
+    batch: the whole step's batch, with ref_logprobs when there is a reference.
+    returns the batch with rewards, advantages and returns set, and the KL in nats per sequence.
+    """
+    kl_seq = 0.0
+    if batch.ref_logprobs is not None:
+        kl_seq = kl.per_sequence(batch.logprobs, batch.ref_logprobs, batch.mask)
+        if recipe.kl_in_reward:
+            batch.rewards = kl.penalize_rewards(batch.rewards, batch.logprobs, batch.ref_logprobs, batch.mask,
+                                                recipe.kl.kind, beta)
+    advantages, returns = recipe.estimator.fn(batch, recipe.algo, baseline)
+    if recipe.algo.whiten:
+        advantages = whiten(advantages, batch.mask) * batch.mask
+    batch.advantages, batch.returns = advantages, returns
+    return batch, kl_seq
+
+
+def collect(model, head, reference: Reference | None, tokenizer, task: Task, examples: list[Example], *,
+            step: int, recipe: Recipe, cfg: Config, baseline: MovingAverage, beta: float) -> Collected:
+    """Prompts -> rollout -> values, reference, greedy scores -> gather -> KL -> advantages.
+
+    model, head: the policy and its value head (None without a critic); examples: the
+    step's B prompts; baseline: the moving average that the ema baseline reads and
+    updates; beta: the KL coefficient.
+    """
+    t0 = time.perf_counter()
+    dtype = cfg.model.dtype
+    batch = sample_batch(model, tokenizer, task, examples, step, cfg)
+    fault_point("rollout", step)
+    t_rollout = time.perf_counter() - t0
+    # each reward's mean under its own name: the mean of the processes' equal shares
+    components = distributed.mean_over_ranks(task.last_reward_components())
+    if recipe.critic:
+        batch.values = values_of(model, head, batch, dtype)
+    if reference is not None:
+        batch.ref_logprobs = reference_logprobs(reference, batch, cfg.sampling, dtype)
+    if recipe.estimator.greedy:
+        _, mine = distributed.shard(examples)
+        width = longest_prompt(tokenizer, examples, cfg.model.chat_template)
+        batch.greedy_scores = greedy_scores(model, tokenizer, task, mine, cfg, batch.group_size, width)
+    # from here on every process holds the whole batch (N rows) and computes what one process would
+    batch = distributed.gather_rollout(batch)
+    task_scores = batch.scores                             # before any KL penalty
+    batch, kl_seq = estimate(batch, recipe, baseline, beta)
+    metrics = {**step_metrics(batch, task_scores), **components, "kl/ref_per_seq": kl_seq, "kl/coef": beta,
+               "time/rollout_s": t_rollout, "time/collect_s": time.perf_counter() - t0}
+    return Collected(batch=batch, kl_per_seq=kl_seq, reward_mean=float(task_scores.mean()), metrics=metrics)
+
+
+def step_metrics(batch: Rollout, task_scores: Tensor) -> dict[str, float]:
+    """What the log shows of a scored batch: rewards, entropy, lengths, advantages, critic."""
+    mask = batch.mask
+    n_tokens = max(float(mask.sum()), 1.0)
+    metrics = {
+        "reward/mean": float(task_scores.mean()),
+        "reward/std": float(task_scores.std()) if batch.num_sequences > 1 else 0.0,
+        "policy/entropy": float((batch.entropy * mask).sum() / n_tokens),
+        "completion/length": float(batch.lengths.float().mean()),
+        "completion/tokens": n_tokens,
+        "reward/dropped": float(((mask.sum(dim=1) == 0) & (batch.lengths > 0)).sum()),
+        "advantage/mean": float((batch.advantages * mask).sum() / n_tokens),
+    }
+    if batch.values is not None and batch.returns is not None:
+        metrics["critic/explained_variance"] = float(explained_variance(batch.values, batch.returns, mask))
+    return metrics

@@ -1,0 +1,152 @@
+"""The update: epochs of minibatch AdamW steps over the buffer, microbatch by microbatch.
+
+Under data parallelism each process holds its own rows of the step's batch. The
+minibatches are the same rows whatever the number of processes
+(``ExperienceBuffer.minibatches``), the loss's denominators are the whole
+minibatch's (all-reduced counts), and gradients are summed over processes: one
+process and W processes make the same update.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tokrl import kl, losses
+from tokrl.algorithms import Recipe
+from tokrl.config import Config
+from tokrl.errors import TrainingError
+from tokrl.generation.sampling import process_logits
+from tokrl.models.forward import forward
+from tokrl.training import distributed
+from tokrl.training.buffer import ExperienceBuffer
+from tokrl.training.checkpoint import fault_point
+from tokrl.types import Rollout
+
+
+@dataclass
+class Learner:
+    """What the update changes: the policy, its value head and their optimizer."""
+
+    model: torch.nn.Module
+    value_head: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    wrapped_model: torch.nn.Module | None = None
+    """DDP(model) in a data-parallel run: what the update calls (None: model itself;
+    under FSDP the model is sharded in place)"""
+    wrapped_head: torch.nn.Module | None = None
+    """DDP(value_head) in a data-parallel run (None: value_head itself)"""
+
+    def parameters(self) -> list[Tensor]:
+        """The trainable parameters: the optimizer's (under FSDP, the shards)."""
+        # trap: not model.parameters(): after a forward pass FSDP leaves the root module's
+        # unsharded weights in place of the shards, and those never get a gradient
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def trained(self) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+        """(policy, value head) as the update calls them: their DDP wrappers when there are some."""
+        return (self.wrapped_model if self.wrapped_model is not None else self.model,
+                self.wrapped_head if self.wrapped_head is not None else self.value_head)
+
+
+def microbatch_loss(learner: Learner, mb: Rollout, recipe: Recipe, cfg: Config, beta: float,
+                    num_tokens: Tensor, num_seqs: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """The minibatch loss restricted to microbatch ``mb`` (whole-minibatch denominators, over
+    every process), so that the sum over microbatches and processes is the minibatch loss.
+
+    beta: the KL coefficient (used when the recipe charges KL in the loss).
+    """
+    a, sampling = recipe.algo, cfg.sampling
+    logits, values = forward(*learner.trained(), mb, cfg.model.dtype)
+    logp = losses.token_logprobs(process_logits(logits, sampling), mb.tokens)        # (n, T)
+    policy = recipe.policy_loss(logp, mb.logprobs, mb.advantages, mb.mask, a)
+    agg = dict(mask=mb.mask, mode=a.aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
+    loss = losses.aggregate(policy, **agg)
+    stats = {"loss/policy": float(loss.detach())}
+    if a.entropy_coef:
+        tempered = logits / sampling.temperature if sampling.temperature > 0 else logits
+        bonus = losses.aggregate(losses.entropy(tempered), **agg)
+        loss = loss - a.entropy_coef * bonus
+        stats["loss/entropy"] = float(bonus.detach())
+    if recipe.kl_in_loss:
+        kl_term = kl.loss_term(logp, mb.ref_logprobs, recipe.kl.kind, **agg)
+        loss = loss + beta * kl_term
+        stats["loss/kl"] = float(kl_term.detach())
+    if values is not None:
+        vloss = losses.aggregate(losses.value_loss(values, mb.values, mb.returns, a.value_clip), **agg)
+        loss = loss + a.value_coef * vloss
+        stats["loss/value"] = float(vloss.detach())
+    with torch.no_grad():
+        stats["policy/approx_kl"] = float(losses.aggregate(losses.kl(logp, mb.logprobs, "k3"), **agg))
+        if recipe.clipped:
+            stats["policy/clip_frac"] = float(losses.ppo_clip_fraction(
+                logp, mb.logprobs, mb.advantages, a.clip_low, a.clip_high, mb.mask) * mb.mask.sum() / num_tokens)
+    return loss, stats
+
+
+def accumulate(learner: Learner, mb: Rollout, recipe: Recipe, cfg: Config, beta: float
+               ) -> tuple[bool, dict[str, float]]:
+    """Forward and backward of minibatch ``mb`` (this process's share), microbatch by
+    microbatch; gradients accumulate in the parameters.
+
+    returns (whether every loss was finite, the minibatch's summed statistics).
+    """
+    world = distributed.world_size()
+    counts = torch.stack([mb.mask.sum(), (mb.mask.sum(dim=1) > 0).sum().float()])
+    num_tokens, num_seqs = distributed.all_reduce_sum(counts)       # the whole minibatch's denominators
+    size = cfg.train.microbatch_size or mb.num_sequences
+    starts = range(0, mb.num_sequences, size)
+    stats: dict[str, float] = {}
+    finite = True
+    for start in starts:
+        micro = mb.select(torch.arange(start, min(start + size, mb.num_sequences)))
+        with distributed.accumulating(list(learner.trained()), sync=start == starts[-1]):
+            loss, micro_stats = microbatch_loss(learner, micro, recipe, cfg, beta, num_tokens, num_seqs)
+            finite &= bool(torch.isfinite(loss))
+            # DDP and FSDP average gradients over the W processes; the loss's
+            # gradient is their sum (each process holds its share of the loss)
+            (loss * world).backward()
+        for k, v in micro_stats.items():
+            stats[k] = stats.get(k, 0.0) + v
+    return finite, distributed.sum_over_ranks(stats)
+
+
+def update(learner: Learner, buffer: ExperienceBuffer, recipe: Recipe, cfg: Config, beta: float,
+           generator: torch.Generator, bad_steps: int, step: int = 0) -> tuple[dict[str, float], int]:
+    """Epochs of shuffled minibatches over the buffer, one optimizer step per minibatch.
+
+    beta: the KL coefficient; generator: deals the minibatches; bad_steps: updates skipped
+    in a row so far (a non-finite loss or gradient skips an optimizer step; after
+    ``train.max_bad_steps`` in a row training stops with TrainingError); step: the
+    loop's step (for crash tests' fault points).
+    returns (the mean of each statistic over the optimizer steps, the new bad_steps).
+    """
+    totals: dict[str, float] = {}
+    n_updates, params = 0, learner.parameters()
+    for _ in range(recipe.algo.epochs):
+        for mb in buffer.minibatches(cfg.train.minibatch_size, generator, distributed.world_size(),
+                                     distributed.rank()):
+            learner.optimizer.zero_grad(set_to_none=True)
+            finite, stats = accumulate(learner, mb, recipe, cfg, beta)
+            finite = distributed.all_true(finite)     # every process skips, or none does
+            fault_point("update", step)
+            norm = distributed.clip_grad_norm_(params, cfg.optim.max_grad_norm or math.inf)
+            if finite and bool(torch.isfinite(norm)):
+                learner.optimizer.step()
+                bad_steps = 0
+            else:
+                # a NaN or inf anywhere would poison the weights and Adam's moments: skip
+                learner.optimizer.zero_grad(set_to_none=True)
+                bad_steps += 1
+                stats["optim/skipped"] = 1.0
+                if bad_steps >= cfg.train.max_bad_steps:
+                    raise TrainingError(f"{bad_steps} updates in a row had a non-finite loss or gradient; "
+                                        "lower optim.lr or check the rewards (train.max_bad_steps stops here)")
+            stats["optim/grad_norm"] = float(norm)
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+            n_updates += 1
+    return {k: v / max(n_updates, 1) for k, v in totals.items()}, bad_steps
