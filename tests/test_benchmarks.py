@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_rollout_benchmark_quick_on_tiny_model(tmp_path):
     out = tmp_path / "rollout.json"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
@@ -26,7 +29,6 @@ def test_rollout_benchmark_quick_on_tiny_model(tmp_path):
     assert report["benchmark"] == "rollout"
     for key in ("cpu_model", "cores", "torch_threads"):
         assert key in report["machine"]
-    assert report["machine"]["torch_threads"] == 2
     for key in ("python", "torch", "transformers", "trl", "tokrl_git_sha"):
         assert key in report["versions"]
     assert report["configuration"]["quick"] is True

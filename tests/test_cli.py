@@ -6,8 +6,6 @@ in a subprocess to check the exit status and stderr a shell sees.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -57,23 +55,14 @@ def bad_input(capsys, argv: list[str], model_loaded: bool = False) -> str:
 
 
 # ---------------------------------------------------------------- one real training run
+# ``trained_run`` (conftest.py): ``tokrl train`` of the recipe for 3 steps on the tiny model,
+# (run_dir, overrides, exit status, stdout)
 
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def run(tiny_model_dir, tmp_path_factory):
-    """``tokrl train`` of the recipe for 3 steps on the tiny model: (run_dir, overrides, exit status, stdout)."""
-    run_dir = tmp_path_factory.mktemp("cli") / "run"
-    overrides = [f"train.max_steps={STEPS}", f"train.output_dir={run_dir}", f"model.name={tiny_model_dir}"]
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        status = main(["train", str(RECIPE), *overrides, "--quiet"])
-    return run_dir, overrides, status, stdout.getvalue()
-
-
-def test_train_exits_0_and_prints_a_json_summary(run):
-    run_dir, _, status, stdout = run
+def test_train_exits_0_and_prints_a_json_summary(trained_run):
+    run_dir, _, status, stdout = trained_run
     assert status == 0
     summary = json.loads(stdout)
     assert summary["run_dir"] == str(run_dir) and summary["steps"] == STEPS
@@ -83,20 +72,20 @@ def test_train_exits_0_and_prints_a_json_summary(run):
         assert 0.0 <= summary[key]["reward"] <= 1.0
 
 
-def test_run_directory_holds_the_documented_files(run):
-    run_dir = run[0]
+def test_run_directory_holds_the_documented_files(trained_run):
+    run_dir = trained_run.run_dir
     assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "metrics.jsonl", "samples.jsonl", "eval.jsonl",
                                                   "eval_samples.jsonl", "checkpoints", "model", "tb",
                                                   "report.html", "report-curves.png"}
 
 
-def test_config_yaml_reloads_to_the_same_config(run):
-    run_dir, overrides, _, _ = run
+def test_config_yaml_reloads_to_the_same_config(trained_run):
+    run_dir, overrides, _, _ = trained_run
     assert load_config(run_dir / "config.yaml") == load_config(RECIPE, overrides)
 
 
-def test_metrics_has_one_line_per_step(run):
-    metrics = read_jsonl(run[0] / "metrics.jsonl")
+def test_metrics_has_one_line_per_step(trained_run):
+    metrics = read_jsonl(trained_run.run_dir / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3]
     for m in metrics:
         assert 0.0 <= m["reward/mean"] <= 1.0
@@ -104,8 +93,8 @@ def test_metrics_has_one_line_per_step(run):
         assert all(isinstance(v, (int, float)) for v in m.values())
 
 
-def test_samples_hold_token_level_data(run):
-    samples = read_jsonl(run[0] / "samples.jsonl")
+def test_samples_hold_token_level_data(trained_run):
+    samples = read_jsonl(trained_run.run_dir / "samples.jsonl")
     assert len(samples) == STEPS * 4                         # train.log_samples = 4 per step
     for s in samples:
         assert s["step"] in (1, 2, 3) and s["prompt"].endswith("=") and len(s["prompt"]) == 5
@@ -115,23 +104,23 @@ def test_samples_hold_token_level_data(run):
         assert s["score"] == pytest.approx(sum(s["rewards"]))
 
 
-def test_eval_has_a_line_before_and_after(run):
-    before, after = read_jsonl(run[0] / "eval.jsonl")
+def test_eval_has_a_line_before_and_after(trained_run):
+    before, after = read_jsonl(trained_run.run_dir / "eval.jsonl")
     assert before["step"] == 0 and after["step"] == STEPS
     assert before["n"] == after["n"] == 64
 
 
-def test_saved_model_loads_with_transformers(run):
+def test_saved_model_loads_with_transformers(trained_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(run[0] / "model", local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(run[0] / "model", local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(trained_run.run_dir / "model", local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(trained_run.run_dir / "model", local_files_only=True)
     assert model.config.model_type == "llama" and tokenizer.eos_token == "<eos>"
-    assert any(p.suffix == ".safetensors" for p in (run[0] / "model").iterdir())
+    assert any(p.suffix == ".safetensors" for p in (trained_run.run_dir / "model").iterdir())
 
 
-def test_eval_of_a_run_directory_reproduces_its_final_eval(run, capsys):
-    run_dir = run[0]
+def test_eval_of_a_run_directory_reproduces_its_final_eval(trained_run, capsys):
+    run_dir = trained_run.run_dir
     capsys.readouterr()
     assert main(["eval", str(run_dir)]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -142,9 +131,9 @@ def test_eval_of_a_run_directory_reproduces_its_final_eval(run, capsys):
     assert result["reward"] == pytest.approx(after["reward"]) and result["solved"] == pytest.approx(after["solved"])
 
 
-def test_eval_limit_and_split(run, capsys):
+def test_eval_limit_and_split(trained_run, capsys):
     capsys.readouterr()
-    assert main(["eval", str(run[0]), "--split", "train", "--limit", "5"]) == 0
+    assert main(["eval", str(trained_run.run_dir), "--split", "train", "--limit", "5"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["split"] == "train" and result["n"] == 5
 
@@ -176,48 +165,8 @@ def test_overwrite_replaces_an_existing_run_directory(tiny_model_dir, tmp_path, 
     assert len(read_jsonl(run_dir / "metrics.jsonl")) == 1
 
 
-def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
-    victim = tmp_path / "notes"
-    victim.mkdir()
-    (victim / "thesis.tex").write_text("precious")
-    line = bad_input(capsys, ["train", str(RECIPE), f"train.output_dir={victim}", "--quiet", "--overwrite"])
-    assert "not a tokrl run directory" in line
-    assert (victim / "thesis.tex").read_text() == "precious"
-
-
 # ---------------------------------------------------------------- bad input: exit 2, one line, no run directory
-
-def test_unknown_key_in_the_config_file(tmp_path, capsys):
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.read_text() + "\nextra:\n  key: 1\n")
-    out = tmp_path / "run"
-    line = bad_input(capsys, ["train", str(recipe), f"train.output_dir={out}", "--quiet"])
-    assert "'extra'" in line and not out.exists()
-
-
-@pytest.mark.parametrize("override, key", [
-    ("algo.bogus=1", "'algo.bogus'"),           # unknown key
-    ("train.max_steps=three", "train.max_steps"),   # wrong type
-    ("sampling.top_p=0", "sampling.top_p"),     # invalid value
-])
-def test_bad_override(tmp_path, capsys, override, key):
-    out = tmp_path / "run"
-    line = bad_input(capsys, ["train", str(RECIPE), override, f"train.output_dir={out}", "--quiet"])
-    assert key in line and not out.exists()
-
-
-def test_missing_model_directory(tmp_path, capsys):
-    out = tmp_path / "run"
-    line = bad_input(capsys, ["train", str(RECIPE), f"model.name={tmp_path / 'nonexistent'}",
-                              f"train.output_dir={out}", "--quiet"])
-    assert "nonexistent" in line and not out.exists()
-
-
-def test_missing_config_file(tmp_path, capsys):
-    out = tmp_path / "run"
-    line = bad_input(capsys, ["train", str(tmp_path / "missing.yaml"), f"train.output_dir={out}", "--quiet"])
-    assert "missing.yaml" in line and "not found" in line and not out.exists()
-
+# (the cases here are the ones test_bad_input.py's table does not hold)
 
 def test_existing_run_directory_without_overwrite_is_untouched(tiny_model_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
@@ -241,20 +190,6 @@ def test_an_empty_run_directory_is_reused(tiny_model_dir, tmp_path, capsys):
     assert (run_dir / "config.yaml").is_file()
 
 
-def test_empty_prompt_in_train_is_bad_input(tiny_model_dir, tmp_path, capsys):
-    # task.options.template= makes every target_match prompt the empty string
-    line = bad_input(capsys, ["train", str(RECIPE), "task.options.template=", f"model.name={tiny_model_dir}",
-                              f"train.output_dir={tmp_path / 'run'}", "--quiet"], model_loaded=True)
-    assert "empty prompt" in line
-
-
-def test_empty_prompt_leaves_no_run_directory(tiny_model_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    bad_input(capsys, ["train", str(RECIPE), "task.options.template=", f"model.name={tiny_model_dir}",
-                       f"train.output_dir={out}", "--quiet"], model_loaded=True)
-    assert not out.exists()
-
-
 def test_bad_input_with_overwrite_keeps_the_old_run(tiny_model_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -266,12 +201,7 @@ def test_bad_input_with_overwrite_keeps_the_old_run(tiny_model_dir, tmp_path, ca
     assert tree(run_dir) == before
 
 
-def test_empty_prompt_in_generate(tiny_model_dir, capsys):
-    line = bad_input(capsys, ["generate", str(tiny_model_dir), "ab=", ""], model_loaded=True)
-    assert "empty prompt" in line
-
-
-@pytest.mark.parametrize("option", ["task.options.length=0", "task.options.transform=rot13", "task.name=nope"])
+@pytest.mark.parametrize("option", ["task.options.length=0"])
 def test_bad_task_is_bad_input(tiny_model_dir, tmp_path, capsys, option):
     out = tmp_path / "run"
     bad_input(capsys, ["train", str(RECIPE), option, f"model.name={tiny_model_dir}", f"train.output_dir={out}",
@@ -279,21 +209,7 @@ def test_bad_task_is_bad_input(tiny_model_dir, tmp_path, capsys, option):
     assert not out.exists()
 
 
-def test_unknown_task_option_is_bad_input(tiny_model_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    line = bad_input(capsys, ["train", str(RECIPE), "task.options.lenght=3", f"model.name={tiny_model_dir}",
-                              f"train.output_dir={out}", "--quiet"], model_loaded=True)
-    assert "lenght" in line and not out.exists()
-
-
-def test_output_dir_that_is_a_file(tmp_path, capsys):
-    path = tmp_path / "file"
-    path.write_text("keep")
-    bad_input(capsys, ["train", str(RECIPE), f"train.output_dir={path}", "--quiet"])
-    assert path.read_text() == "keep"
-
-
-@pytest.mark.parametrize("option", [["--max-new-tokens", "-1"], ["--top-p", "0"], ["--temperature", "-1"]])
+@pytest.mark.parametrize("option", [["--max-new-tokens", "-1"], ["--temperature", "-1"]])
 def test_generate_rejects_bad_sampling_arguments(tiny_model_dir, capsys, option):
     # either fix is fine: main's one-line error, or an argparse error (also exit 2)
     try:
@@ -302,12 +218,6 @@ def test_generate_rejects_bad_sampling_arguments(tiny_model_dir, capsys, option)
         status = e.code
     assert status == 2
     assert "Traceback" not in capsys.readouterr().err
-
-
-def test_eval_of_a_directory_that_is_not_a_run(tmp_path, capsys):
-    (tmp_path / "notes.txt").write_text("not a run")
-    line = bad_input(capsys, ["eval", str(tmp_path)])
-    assert "not a run directory" in line
 
 
 def test_eval_of_a_missing_path(tmp_path, capsys):

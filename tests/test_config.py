@@ -206,6 +206,10 @@ def test_exponent_float_inside_an_override_list():
     ("train.prompts_per_step=0", "train.prompts_per_step"),
     ("train.max_steps=-1", "train.max_steps"),
     ("optim.lr=0", "optim.lr"),
+    ("rollout.engine=sglang", "rollout.engine"),
+    ("rollout.vllm_memory=0", "rollout.vllm_memory"),
+    ("rollout.is_cap=0.5", "rollout.is_cap"),
+    ("model.device=tpu", "model.device"),
 ])
 def test_invalid_values_name_the_key(override, key):
     assert error_of(None, [override]).startswith(key)
@@ -260,7 +264,8 @@ def test_config_error_is_a_value_error():
 def test_every_option_is_documented():
     import dataclasses
 
-    from tokrl.config import Config, field_docs
+    from tokrl.cli import field_docs
+    from tokrl.config import Config
 
     for section in dataclasses.fields(Config):
         cls = section.default_factory().__class__
@@ -270,8 +275,8 @@ def test_every_option_is_documented():
 
 
 def test_annotated_yaml_round_trips_and_tokrl_config_prints_it(capsys):
-    from tokrl.cli import main
-    from tokrl.config import Config, annotated_yaml, from_dict, parse_yaml
+    from tokrl.cli import annotated_yaml, main
+    from tokrl.config import Config, from_dict, parse_yaml
 
     assert from_dict(Config, parse_yaml(annotated_yaml())) == Config()
     assert main(["config", str(ROOT / "configs" / "ppo.yaml")]) == 0

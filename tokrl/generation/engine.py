@@ -1,24 +1,69 @@
-"""tokrl's engine: batched sampling with a KV cache, the exact reference.
+"""Engines, and tokrl's own: batched sampling with a KV cache, the exact reference.
 
-The prompts are encoded once (prefill); after that each new token costs one
-forward pass over one position per sequence, reading keys and values of the
-past from the cache. Re-encoding the whole sequence for every token would cost
-O(T^2) instead of O(T). Each row's noise comes from its own seed
-(``sampling.sample_seeds``), so a row's completion does not depend on which
-other rows share its batch or its process.
+An engine turns token ids into token ids plus the log-probs of what it sampled
+(``Engine``); tokrl never re-tokenizes text between the two. ``TokrlEngine`` runs
+the policy module itself: the prompts are encoded once (prefill); after that each
+new token costs one forward pass over one position per sequence, reading keys and
+values of the past from the cache. Re-encoding the whole sequence for every token
+would cost O(T^2) instead of O(T). Each row's noise comes from its own seed
+(``sampling.sample_seeds``), so a row's completion does not depend on which other
+rows share its batch or its process: resume is bitwise and 1 or W processes make
+the same run. The vLLM engine is ``generation.vllm_engine``.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from tokrl.generation.sampling import inverse_cdf, process_logits, row_uniforms
 from tokrl.losses import entropy as full_entropy
+from tokrl.models.forward import autocast as autocast_context
+from tokrl.models.forward import decode, device_of
 from tokrl.training import distributed
+
+
+class Engine(Protocol):
+    """What samples completions for the loop. Token ids in, token ids out."""
+
+    exact: bool
+    """its log-probs are the trainer's own (tokrl's engine); False: the trainer recomputes
+    them and corrects for the engine's distribution by importance sampling"""
+    max_context: int | None
+    """the longest prompt + completion it can hold (None: no limit)"""
+
+    def generate(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling, eos_id: int, pad_id: int, *,
+                 caps: Tensor | None = None, seeds: Tensor | None = None, group_size: int = 1,
+                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Sample completions of left-padded prompts (N, P): ``generate``'s arguments and result
+        (tokens, lengths, logprobs, entropy; on the CPU)."""
+
+    def sync(self, model) -> None:
+        """Take ``model``'s current weights (after an optimizer step or a checkpoint load)."""
+
+
+class TokrlEngine:
+    """tokrl's engine on the policy module itself: it always samples from the current weights."""
+
+    exact = True
+
+    def __init__(self, model, dtype: str = "float32"):
+        self.model, self.dtype = model, dtype
+        self.max_context = getattr(model.config, "max_position_embeddings", None)
+
+    def generate(self, prompt_ids: Tensor, prompt_mask: Tensor, sampling, eos_id: int, pad_id: int, *,
+                 caps: Tensor | None = None, seeds: Tensor | None = None, group_size: int = 1,
+                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return generate(self.model, prompt_ids, prompt_mask, sampling, eos_id, pad_id, caps=caps, generator=generator,
+                        autocast=autocast_context(self.dtype, device_of(self.model)), seeds=seeds,
+                        group_size=group_size)
+
+    def sync(self, model) -> None:
+        """Nothing to copy: the engine runs the module that the optimizer updates."""
 
 
 @dataclass
@@ -38,9 +83,10 @@ class Completions:
 
     @classmethod
     def empty(cls, caps: Tensor, steps: int, pad_id: int) -> "Completions":
-        N = caps.shape[0]
-        return cls(torch.full((N, steps), pad_id, dtype=torch.long), torch.zeros(N, steps), torch.zeros(N, steps),
-                   torch.zeros(N, dtype=torch.long), caps <= 0)
+        N, device = caps.shape[0], caps.device
+        return cls(torch.full((N, steps), pad_id, dtype=torch.long, device=device),
+                   torch.zeros(N, steps, device=device), torch.zeros(N, steps, device=device),
+                   torch.zeros(N, dtype=torch.long, device=device), caps <= 0)
 
     def record(self, t: int, token: Tensor, logp: Tensor, ent: Tensor, pad_id: int, eos_id: int,
                caps: Tensor) -> Tensor:
@@ -55,9 +101,9 @@ class Completions:
         return token
 
     def trimmed(self, steps: int) -> dict[str, Tensor]:
-        """The first ``steps`` columns: tokens, lengths, logprobs, entropy."""
-        return {"tokens": self.tokens[:, :steps], "lengths": self.lengths,
-                "logprobs": self.logprobs[:, :steps], "entropy": self.entropy[:, :steps]}
+        """The first ``steps`` columns, on the CPU: tokens, lengths, logprobs, entropy."""
+        return {"tokens": self.tokens[:, :steps].cpu(), "lengths": self.lengths.cpu(),
+                "logprobs": self.logprobs[:, :steps].cpu(), "entropy": self.entropy[:, :steps].cpu()}
 
 
 def check_groups(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int) -> None:
@@ -103,32 +149,34 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling, eos_id: i
     ``generator`` (or torch's global generator). autocast: the context of the forward
     passes, entered once.
     returns tokens (N, T) long, lengths (N,) long, logprobs (N, T), entropy (N, T)
-    float32, with T <= max_new_tokens (the longest completion).
+    float32, on the CPU, with T <= max_new_tokens (the longest completion). The model may
+    be on any device: the prompts go to it.
     A model sharded over processes (FSDP) runs one forward pass per token on all of them
     until every process's rows are done.
     """
+    device = device_of(model)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     N, P = prompt_ids.shape
     G, Tmax = group_size, sampling.max_new_tokens
     check_groups(prompt_ids, prompt_mask, G)
     caps = torch.full((N,), Tmax) if caps is None else caps.clamp(max=Tmax)
+    caps = caps.to(device)
     out = Completions.empty(caps, Tmax, pad_id)
     noise = None
     if sampling.temperature > 0:
         seeds = torch.randint(0, 2**62, (N,), generator=generator) if seeds is None else seeds
-        noise = row_uniforms(seeds, Tmax)                                  # (N, Tmax) float64
+        noise = row_uniforms(seeds, Tmax).to(device)                       # (N, Tmax) float64
     filtered = sampling.top_k > 0 or sampling.top_p < 1.0
-    attention = torch.cat([prompt_mask, torch.ones(N, Tmax, dtype=prompt_mask.dtype)], dim=1)  # (N, P + Tmax)
+    attention = torch.cat([prompt_mask, torch.ones(N, Tmax, dtype=prompt_mask.dtype, device=device)], dim=1)
     positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)              # (N, P)
     T = 0
     # one autocast region for the whole rollout: inside it, each weight is cast to the
     # autocast dtype once (autocast's cast cache), not once per token
     with autocast if autocast is not None else nullcontext():
-        prefill = model(input_ids=prompt_ids[::G], attention_mask=attention[::G, :P], position_ids=positions[::G],
-                        use_cache=True, logits_to_keep=1)
-        cache = prefill.cache
+        logits, cache = decode(model, prompt_ids[::G], attention[::G, :P], positions[::G], logits_to_keep=1)
         if G > 1:
             cache.batch_repeat_interleave(G)                               # each prompt's cache, G times
-        logits = prefill.logits[:, -1].repeat_interleave(G, dim=0)        # (N, V)
+        logits = logits.repeat_interleave(G, dim=0)                        # (N, V)
         next_pos = positions[:, -1:] + 1                                   # (N, 1)
         for t in range(Tmax):
             if distributed.all_done(out.done, model):
@@ -138,8 +186,6 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling, eos_id: i
             T = t + 1
             if distributed.all_done(out.done, model):
                 break
-            step = model(input_ids=token[:, None], attention_mask=attention[:, : P + t + 1], position_ids=next_pos,
-                         cache=cache, use_cache=True)
-            cache, logits = step.cache, step.logits[:, -1]
+            logits, cache = decode(model, token[:, None], attention[:, : P + t + 1], next_pos, cache)
             next_pos = next_pos + 1
     return out.trimmed(T)

@@ -59,9 +59,3 @@ def encode_batch(tokenizer, examples: list[Example], group_size: int, chat_templ
     ids = torch.tensor([[pad] * (P - len(x)) + x for x in encoded for _ in range(group_size)], dtype=torch.long)
     mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in encoded for _ in range(group_size)], dtype=torch.long)
     return ids, mask
-
-
-def context_room(model, max_new_tokens: int) -> int | None:
-    """The most prompt tokens that leave room for ``max_new_tokens`` in the model's context (None: no limit)."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    return None if limit is None else limit - max_new_tokens

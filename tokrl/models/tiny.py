@@ -29,9 +29,13 @@ def make_tokenizer(chars: str = CHARS):
                                    eos_token="<eos>", bos_token="<bos>")
 
 
-def make_tiny_model(directory: str | Path, hidden: int = 64, layers: int = 2, heads: int = 4,
+def make_tiny_model(directory: str | Path, hidden: int = 64, layers: int = 2, heads: int = 2,
                     seed: int = 0, chars: str = CHARS) -> Path:
-    """Write a randomly initialised tiny Llama and its tokenizer to ``directory``."""
+    """Write a randomly initialised tiny Llama and its tokenizer to ``directory``.
+
+    The default (64 hidden, 2 query heads sharing 1 key/value head) has head_dim 32, the
+    smallest vLLM's CPU attention serves, so every tiny recipe runs on both engines.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     directory = Path(directory)

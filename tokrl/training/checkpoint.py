@@ -74,8 +74,8 @@ def _fsync(path: Path) -> None:
 
 
 def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that training changes (tied weights appear once)."""
-    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    """The parameters that training changes (tied weights appear once), as CPU tensors."""
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def rng_state() -> dict[str, Any]:

@@ -19,9 +19,10 @@ from tokrl.advantages import MovingAverage, explained_variance, whiten
 from tokrl.algorithms import Recipe
 from tokrl.config import Config, SamplingConfig
 from tokrl.generation.batch import rollout
+from tokrl.generation.engine import Engine
 from tokrl.generation.prompts import longest_prompt
 from tokrl.generation.sampling import process_logits, sample_seeds
-from tokrl.models.forward import autocast, forward
+from tokrl.models.forward import forward
 from tokrl.models.reference import Reference
 from tokrl.tasks.base import Example, Task
 from tokrl.training import distributed
@@ -49,7 +50,17 @@ class Collected:
 def values_of(model, head, batch: Rollout, dtype: str) -> Tensor:
     """(N, T) V(s_t) from the value head at rollout time, 0 on padding."""
     _, values = forward(model, head, batch, dtype)
-    return values * batch.mask
+    return values.cpu() * batch.mask
+
+
+@torch.no_grad()
+def sampled_logprobs(model, batch: Rollout, sampling: SamplingConfig, dtype: str) -> tuple[Tensor, Tensor]:
+    """(N, T) log-probs of the sampled tokens under ``model``'s sampled distribution
+    (``process_logits``) and (N, T) its full-vocabulary tempered entropy, 0 on padding."""
+    logits, _ = forward(model, None, batch, dtype)
+    logp = losses.token_logprobs(process_logits(logits, sampling), batch.tokens.to(logits.device))
+    tempered = logits / sampling.temperature if sampling.temperature > 0 else logits
+    return logp.cpu() * batch.mask, losses.entropy(tempered).cpu() * batch.mask
 
 
 @torch.no_grad()
@@ -57,22 +68,42 @@ def reference_logprobs(reference: Reference, batch: Rollout, sampling: SamplingC
     """(N, T) log-probs of the sampled tokens under the frozen reference, 0 on padding."""
     with reference.disabled_adapters():
         logits, _ = forward(reference.model, None, batch, dtype)
-    return losses.token_logprobs(process_logits(logits, sampling), batch.tokens) * batch.mask
+    return losses.token_logprobs(process_logits(logits, sampling), batch.tokens.to(logits.device)).cpu() * batch.mask
+
+
+def correct_for_engine(model, batch: Rollout, cfg: Config) -> Rollout:
+    """For an engine whose distribution is not the trainer's (vLLM): recompute the behaviour
+    log-probs the update trains against with one no-grad pass of the policy, keep the
+    engine's as ``engine_logprobs``, and set the truncated importance weights
+    min(pi_train / pi_engine, C) (``rollout.is_cap``)."""
+    train_logp, entropy = sampled_logprobs(model, batch, cfg.sampling, cfg.model.dtype)
+    batch.engine_logprobs, batch.logprobs, batch.entropy = batch.logprobs, train_logp, entropy
+    batch.is_weights = losses.truncated_is_weights(train_logp, batch.engine_logprobs, batch.mask, cfg.rollout.is_cap)
+    return batch
+
+
+def mask_outlier_sequences(batch: Rollout, cap: float) -> Rollout:
+    """Leave out of the loss (mask 0) each sequence whose geometric-mean ratio
+    exp(mean_t log(pi_train / pi_engine)) lies outside [1/C, C]; its reward still counted
+    in the advantages and the metrics, which are computed before."""
+    ratio = losses.sequence_ratio(batch.logprobs, batch.engine_logprobs, batch.mask)           # (N,)
+    batch.mask = batch.mask * ((ratio >= 1.0 / cap) & (ratio <= cap)).float()[:, None]
+    return batch
 
 
 @torch.no_grad()
-def greedy_scores(model, tokenizer, task: Task, examples: list[Example], cfg: Config, group_size: int,
+def greedy_scores(engine: Engine, tokenizer, task: Task, examples: list[Example], cfg: Config, group_size: int,
                   prompt_width: int | None) -> Tensor:
     """(N,) ReMax's baseline: the score of one greedy completion per prompt, repeated G times."""
     greedy = SamplingConfig(cfg.sampling.max_new_tokens, temperature=0.0)
-    base = rollout(model, tokenizer, task, examples, 1, greedy, chat_template=cfg.model.chat_template,
-                   autocast=autocast(cfg.model.dtype), prompt_width=prompt_width)
+    base = rollout(engine, tokenizer, task, examples, 1, greedy, chat_template=cfg.model.chat_template,
+                   prompt_width=prompt_width)
     return base.scores.repeat_interleave(group_size)
 
 
 # --------------------------------------------------------------------- stages
 
-def sample_batch(model, tokenizer, task: Task, examples: list[Example], step: int, cfg: Config) -> Rollout:
+def sample_batch(engine: Engine, tokenizer, task: Task, examples: list[Example], step: int, cfg: Config) -> Rollout:
     """This process's share of the step's B prompts, G samples each, scored.
 
     examples: the step's B prompts, alike on every process. Rows are numbered within the
@@ -82,9 +113,8 @@ def sample_batch(model, tokenizer, task: Task, examples: list[Example], step: in
     first, mine = distributed.shard(examples)                # this process's B/W of them, prompt-major
     width = longest_prompt(tokenizer, examples, cfg.model.chat_template)   # every process pads alike
     with torch.no_grad():
-        batch = rollout(model, tokenizer, task, mine, t.group_size, cfg.sampling,
-                        chat_template=cfg.model.chat_template, autocast=autocast(cfg.model.dtype),
-                        seeds=sample_seeds(t.seed, step, first, len(mine), t.group_size), prompt_width=width,
+        batch = rollout(engine, tokenizer, task, mine, t.group_size, cfg.sampling,
+                        chat_template=cfg.model.chat_template, seeds=sample_seeds(t.seed, step, first, len(mine), t.group_size), prompt_width=width,
                         skip_bad_rewards=t.on_bad_reward == "skip")
     batch.prompt_index += first
     return batch
@@ -109,19 +139,23 @@ def estimate(batch: Rollout, recipe: Recipe, baseline: MovingAverage, beta: floa
     return batch, kl_seq
 
 
-def collect(model, head, reference: Reference | None, tokenizer, task: Task, examples: list[Example], *,
-            step: int, recipe: Recipe, cfg: Config, baseline: MovingAverage, beta: float) -> Collected:
-    """Prompts -> rollout -> values, reference, greedy scores -> gather -> KL -> advantages.
+def collect(engine: Engine, model, head, reference: Reference | None, tokenizer, task: Task,
+            examples: list[Example], *, step: int, recipe: Recipe, cfg: Config, baseline: MovingAverage,
+            beta: float) -> Collected:
+    """Prompts -> rollout -> (engine correction,) values, reference, greedy scores -> gather
+    -> KL -> advantages.
 
-    model, head: the policy and its value head (None without a critic); examples: the
-    step's B prompts; baseline: the moving average that the ema baseline reads and
-    updates; beta: the KL coefficient.
+    engine: samples the completions; model, head: the policy and its value head (None
+    without a critic); examples: the step's B prompts; baseline: the moving average that
+    the ema baseline reads and updates; beta: the KL coefficient.
     """
     t0 = time.perf_counter()
     dtype = cfg.model.dtype
-    batch = sample_batch(model, tokenizer, task, examples, step, cfg)
+    batch = sample_batch(engine, tokenizer, task, examples, step, cfg)
     fault_point("rollout", step)
     t_rollout = time.perf_counter() - t0
+    if not engine.exact:
+        batch = correct_for_engine(model, batch, cfg)
     # each reward's mean under its own name: the mean of the processes' equal shares
     components = distributed.mean_over_ranks(task.last_reward_components())
     if recipe.critic:
@@ -131,13 +165,17 @@ def collect(model, head, reference: Reference | None, tokenizer, task: Task, exa
     if recipe.estimator.greedy:
         _, mine = distributed.shard(examples)
         width = longest_prompt(tokenizer, examples, cfg.model.chat_template)
-        batch.greedy_scores = greedy_scores(model, tokenizer, task, mine, cfg, batch.group_size, width)
+        batch.greedy_scores = greedy_scores(engine, tokenizer, task, mine, cfg, batch.group_size, width)
     # from here on every process holds the whole batch (N rows) and computes what one process would
     batch = distributed.gather_rollout(batch)
     task_scores = batch.scores                             # before any KL penalty
     batch, kl_seq = estimate(batch, recipe, baseline, beta)
     metrics = {**step_metrics(batch, task_scores), **components, "kl/ref_per_seq": kl_seq, "kl/coef": beta,
                "time/rollout_s": t_rollout, "time/collect_s": time.perf_counter() - t0}
+    if batch.engine_logprobs is not None:
+        metrics.update(mismatch_metrics(batch, cfg.rollout.is_cap))
+        if cfg.rollout.is_mask_sequences:
+            batch = mask_outlier_sequences(batch, cfg.rollout.is_cap)
     return Collected(batch=batch, kl_per_seq=kl_seq, reward_mean=float(task_scores.mean()), metrics=metrics)
 
 
@@ -157,3 +195,21 @@ def step_metrics(batch: Rollout, task_scores: Tensor) -> dict[str, float]:
     if batch.values is not None and batch.returns is not None:
         metrics["critic/explained_variance"] = float(explained_variance(batch.values, batch.returns, mask))
     return metrics
+
+
+def mismatch_metrics(batch: Rollout, cap: float) -> dict[str, float]:
+    """How far the engine's distribution is from the trainer's on this batch's sampled tokens:
+    k3 KL(pi_engine || pi_train) per token, the largest ratio pi_train / pi_engine, the share of
+    tokens whose ratio the cap C truncates, and how many sequences' geometric-mean ratio lies
+    outside [1/C, C] (those leave the loss with rollout.is_mask_sequences)."""
+    sampled = (torch.arange(batch.tokens.shape[1])[None, :] < batch.lengths[:, None]).float()   # (N, T)
+    n_tokens = max(float(sampled.sum()), 1.0)
+    ratio = torch.exp((batch.logprobs - batch.engine_logprobs) * sampled)                       # (N, T)
+    seq = losses.sequence_ratio(batch.logprobs, batch.engine_logprobs, sampled)                 # (N,)
+    return {
+        "rollout/mismatch_kl": float(losses.mismatch_kl(batch.logprobs, batch.engine_logprobs, sampled).sum()
+                                     / n_tokens),
+        "rollout/is_ratio_max": float((ratio * sampled).max()) if batch.num_sequences else 0.0,
+        "rollout/is_truncated_frac": float(((ratio > cap).float() * sampled).sum() / n_tokens),
+        "rollout/seqs_outside_cap": float(((seq < 1.0 / cap) | (seq > cap)).sum()),
+    }

@@ -73,11 +73,18 @@ def init(cfg: Config) -> None:
         dist.init_process_group("cpu:gloo,cuda:nccl")
     else:
         dist.init_process_group("gloo")
+    _JOINED.append(True)
+
+
+_JOINED: list[bool] = []
+"""non-empty once ``init`` has joined a group (vLLM may make a one-process group of its own)"""
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Leave the group ``init`` joined (a group vLLM made is vLLM's to destroy)."""
+    if _JOINED and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        _JOINED.clear()
 
 
 def check(cfg: Config, world: int) -> None:

@@ -11,11 +11,16 @@ from tokrl.generation.batch import rollout
 from tokrl.tasks import Example, Task
 
 
+EVAL_BATCH = 64
+"""held-out prompts per rollout"""
+
+
 @torch.no_grad()
-def evaluate(model, tokenizer, task: Task, examples: list[Example], sampling: SamplingConfig,
-             chat_template: bool = False, autocast=None, batch_size: int = 64
+def evaluate(engine, tokenizer, task: Task, examples: list[Example], sampling: SamplingConfig,
+             chat_template: bool = False, dtype: str = "float32", batch_size: int = EVAL_BATCH
              ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Score one completion per example.
+    """Score one completion per example, sampled by ``engine`` (an Engine, or a model that
+    tokrl's engine runs in ``dtype``).
 
     returns the metrics {"reward": mean score, "solved": fraction scoring >= 1.0
     (target_match and exact-answer tasks pay 1.0 for a right answer), "n"} and one
@@ -24,7 +29,7 @@ def evaluate(model, tokenizer, task: Task, examples: list[Example], sampling: Sa
     scores, samples = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        batch = rollout(model, tokenizer, task, chunk, 1, sampling, chat_template=chat_template, autocast=autocast)
+        batch = rollout(engine, tokenizer, task, chunk, 1, sampling, chat_template=chat_template, dtype=dtype)
         scores.append(batch.scores)
         samples += [{"prompt": ex["prompt"], "completion": text, "score": float(score)}
                     for ex, text, score in zip(chunk, batch.texts, batch.scores)]

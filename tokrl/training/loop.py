@@ -20,7 +20,6 @@ from typing import Any, Callable
 import yaml
 
 from tokrl.config import Config, SamplingConfig, to_dict
-from tokrl.models.forward import autocast
 from tokrl.models.load import load_policy, save_policy
 from tokrl.runs.logs import truncate_logs
 from tokrl.runs.metrics import MetricsWriter, check_sinks
@@ -38,8 +37,8 @@ def collect_step(state: TrainState, cfg: Config) -> Collected:
     with this process's rows."""
     examples = state.sampler.sample(cfg.train.prompts_per_step)     # the step's B prompts, alike on every process
     learner = state.learner
-    step = collect(learner.model, learner.value_head, state.reference, state.tokenizer, state.task, examples,
-                   step=state.step, recipe=state.recipe, cfg=cfg, baseline=state.baseline,
+    step = collect(state.engine, learner.model, learner.value_head, state.reference, state.tokenizer, state.task,
+                   examples, step=state.step, recipe=state.recipe, cfg=cfg, baseline=state.baseline,
                    beta=state.kl_coef.value)
     state.buffer.clear()                                 # on-policy: this step's data only
     state.buffer.add(distributed.own_rows(step.batch))
@@ -52,6 +51,7 @@ def train_step(state: TrainState, cfg: Config) -> tuple[dict[str, float], Rollou
     t0 = time.perf_counter()
     stats, state.bad_steps = update(state.learner, state.buffer, state.recipe, cfg, state.kl_coef.value,
                                     state.shuffle_generator, state.bad_steps, state.step)
+    state.engine.sync(state.learner.model)              # the next rollout samples from the new weights
     t_update = time.perf_counter() - t0
     state.step += 1
     state.kl_coef.update(step.kl_per_seq, step.batch.num_sequences)
@@ -112,8 +112,7 @@ def evaluator(state: TrainState, cfg: Config) -> Callable[[], tuple[dict[str, fl
 
     def run_eval() -> tuple[dict[str, float], list[dict]]:
         # every process evaluates the same examples: under FSDP each forward pass needs them all
-        return evaluate(state.learner.model, state.tokenizer, state.task, test, sampling,
-                        cfg.model.chat_template, autocast(cfg.model.dtype))
+        return evaluate(state.engine, state.tokenizer, state.task, test, sampling, cfg.model.chat_template)
     return run_eval
 
 
@@ -126,6 +125,7 @@ def open_run(state: TrainState, cfg: Config, run_dir: Path, run_eval, on_start, 
     main = distributed.is_main()
     if resume:
         load_checkpoint(distributed.run_on_main(lambda: newest_checkpoint(run_dir)), state)
+        state.engine.sync(state.learner.model)
         # drop what the crashed process logged after its last checkpoint
         before = distributed.run_on_main(lambda: truncate_logs(run_dir, state.step))
         writer = MetricsWriter(run_dir, cfg.log, to_dict(cfg), resume_step=state.step) if main else NoWriter()

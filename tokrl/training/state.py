@@ -13,6 +13,8 @@ from tokrl import kl
 from tokrl.advantages import MovingAverage
 from tokrl.algorithms import Recipe, resolve
 from tokrl.config import Config
+from tokrl.generation.engine import Engine, TokrlEngine
+from tokrl.models.forward import device_of
 from tokrl.models.heads import ValueHead
 from tokrl.models.load import load_policy
 from tokrl.models.reference import Reference
@@ -38,6 +40,8 @@ class TrainState:
 
     learner: Learner
     """the policy, its value head and their optimizer: what the update changes"""
+    engine: Engine
+    """samples the completions (tokrl's engine on the policy itself, or vLLM, synced after each update)"""
     tokenizer: Any
     task: Task
     recipe: Recipe
@@ -68,7 +72,7 @@ def build_state(cfg: Config) -> TrainState:
     model, tokenizer = load_policy(cfg.model)
     model.eval()   # dropout off for good: rollout and update must see the same policy
     task = build_task(cfg.task.name, tokenizer, **cfg.task.options)
-    head = ValueHead(model.config.hidden_size) if recipe.critic else None
+    head = ValueHead(model.config.hidden_size).to(device_of(model)) if recipe.critic else None
     # the reference is the frozen initial policy; with beta 0 it is never built or run
     reference = Reference(model) if recipe.reference else None
     distributed.check(cfg, distributed.world_size())
@@ -83,10 +87,30 @@ def build_state(cfg: Config) -> TrainState:
                                   fused=not distributed.is_sharded(model))
     t = cfg.train
     return TrainState(
-        learner=Learner(model, head, optimizer, wrapped_model, wrapped_head), tokenizer=tokenizer, task=task,
+        learner=Learner(model, head, optimizer, wrapped_model, wrapped_head),
+        engine=build_engine(cfg, model, tokenizer, task),
+        tokenizer=tokenizer, task=task,
         recipe=recipe, sampler=PromptSampler(task.examples("train"), t.seed),
         buffer=ExperienceBuffer(capacity=t.prompts_per_step * t.group_size),
         baseline=MovingAverage(cfg.algo.ema_decay), reward_avg=MovingAverage(t.reward_ema),
         shuffle_generator=torch.Generator().manual_seed(t.seed + 2),
         kl_coef=kl.controller(cfg.kl), reference=reference,
     )
+
+
+def build_engine(cfg: Config, model, tokenizer, task: Task) -> Engine:
+    """The engine ``rollout.engine`` names, for ``model`` (loaded from ``cfg.model``); a vLLM
+    engine is checked against the largest batch the run sends it (a training step's rows on
+    this process, or an evaluation's) with the longest prompt of the task."""
+    if cfg.rollout.engine == "tokrl":
+        return TokrlEngine(model, cfg.model.dtype)
+    from tokrl.generation.prompts import longest_prompt
+    from tokrl.generation.vllm_engine import VLLMEngine
+    from tokrl.models.pretrained import resolve_model
+    from tokrl.training.evaluate import EVAL_BATCH
+
+    t = cfg.train
+    examples = task.examples("train") + task.examples("test")[: t.eval_samples]
+    rows = max(t.prompts_per_step * t.group_size // distributed.world_size(), min(t.eval_samples, EVAL_BATCH))
+    return VLLMEngine(resolve_model(cfg.model.name, cfg.model.cache_dir), cfg, device_of(model), rows=rows,
+                      prompt_tokens=longest_prompt(tokenizer, examples, cfg.model.chat_template))

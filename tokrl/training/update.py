@@ -61,8 +61,11 @@ def microbatch_loss(learner: Learner, mb: Rollout, recipe: Recipe, cfg: Config, 
     """
     a, sampling = recipe.algo, cfg.sampling
     logits, values = forward(*learner.trained(), mb, cfg.model.dtype)
+    mb = mb.to(logits.device)
     logp = losses.token_logprobs(process_logits(logits, sampling), mb.tokens)        # (n, T)
     policy = recipe.policy_loss(logp, mb.logprobs, mb.advantages, mb.mask, a)
+    if mb.is_weights is not None:                 # correct for an engine that sampled from another distribution
+        policy = policy * mb.is_weights
     agg = dict(mask=mb.mask, mode=a.aggregation, num_tokens=num_tokens, num_seqs=num_seqs)
     loss = losses.aggregate(policy, **agg)
     stats = {"loss/policy": float(loss.detach())}

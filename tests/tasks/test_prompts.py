@@ -12,21 +12,14 @@ import pytest
 import torch
 import yaml
 
-from tokrl.config import ModelConfig, SamplingConfig, load_config
+from tokrl.config import SamplingConfig, load_config
 from tokrl.tasks.data import write_jsonl
 from tokrl.env import TokenEnv
-from tokrl.models.load import load_policy
 from tokrl.generation.batch import rollout
 from tokrl.tasks import TASKS, Prompts, build_task
-from tokrl.models.tiny import make_tokenizer
 
 ROWS = [{"prompt": f"{w}=", "answer": w, "reference": w[::-1], "level": i % 3}
         for i, w in enumerate(["ab", "ba", "abc", "cab", "bca", "aab", "bba", "cc", "ca", "ac"])]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tokenizer()
 
 
 @pytest.fixture
@@ -144,12 +137,6 @@ def test_sequence_rewards_get_the_sampled_ids_of_the_batch(tokenizer, data, tmp_
 
 
 # ---------------------------------------------------------------- through the real machinery
-
-@pytest.fixture(scope="module")
-def policy(tiny_model_dir):
-    model, tokenizer = load_policy(ModelConfig(name=str(tiny_model_dir)))
-    return model.eval(), tokenizer
-
 
 def test_rollout_pays_token_rewards_per_token_and_sequence_rewards_at_the_end(policy, data):
     model, tokenizer = policy

@@ -1,11 +1,11 @@
-"""One process of a multi-process test run (tests/test_distributed.py starts W of them).
+"""One process of a multi-process test run (tests/training/test_distributed.py starts W of them).
 
-    RANK=r WORLD_SIZE=W MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/distributed_worker.py SPEC OUT
+    RANK=r WORLD_SIZE=W MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/training/distributed_worker.py SPEC OUT
 
 reads the JSON list of scenarios in SPEC and runs each through tokrl's own entry
 points (build_state + train_step, or train with a resume); rank 0 saves what the
 test compares to OUT/<name>.pt. The process group is joined from the environment
-exactly as under torchrun (tokrl.distributed.init).
+exactly as under torchrun (tokrl.training.distributed.init).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tokrl.training import distributed  # noqa: E402
 from tokrl.config import load_config  # noqa: E402

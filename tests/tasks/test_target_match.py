@@ -1,4 +1,4 @@
-"""Tasks: target_match's splits, targets and token rewards; the prompt sampler; build_task."""
+"""target_match: its splits, targets and token rewards."""
 
 from __future__ import annotations
 
@@ -6,16 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokrl.tasks import TASKS, PromptSampler, TargetMatch, build_task
-from tokrl.models.tiny import make_tokenizer
+from tokrl.tasks import TargetMatch
 
 # the tiny tokenizer: <pad>=0 <eos>=1 <bos>=2, then one id per character from 3
 A, B, C, D = 3, 4, 5, 6
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -146,112 +140,3 @@ def test_token_rewards_sum_to_the_matched_fraction_and_are_causal(tokenizer, dat
     # causal: the rewards of a prefix are the prefix of the rewards
     for k in range(len(ids) + 1):
         assert task.token_rewards([ex], [ids[:k]])[0] == rewards[:k]
-
-
-# ---------------------------------------------------------------- PromptSampler
-
-EXAMPLES = [{"prompt": str(i)} for i in range(5)]
-
-
-def draws(sampler: PromptSampler, n: int) -> list[str]:
-    return [ex["prompt"] for ex in sampler.sample(n)]
-
-
-def test_each_epoch_draws_every_example_once():
-    seq = draws(PromptSampler(EXAMPLES, seed=0), 20)       # 4 epochs of 5
-    for epoch in range(4):
-        assert sorted(seq[5 * epoch: 5 * epoch + 5]) == ["0", "1", "2", "3", "4"]
-
-
-def test_epoch_boundary_inside_a_call():
-    sampler = PromptSampler(EXAMPLES, seed=0)
-    seq = draws(sampler, 3) + draws(sampler, 4)            # the second call crosses into epoch 1
-    assert sorted(seq[:5]) == ["0", "1", "2", "3", "4"]
-    assert sampler.state_dict() == {"seed": 0, "epoch": 1, "position": 2}
-
-
-def test_each_epoch_is_reshuffled():
-    seq = draws(PromptSampler(EXAMPLES, seed=0), 20)
-    orders = {tuple(seq[5 * e: 5 * e + 5]) for e in range(4)}
-    assert len(orders) > 1
-
-
-def test_order_is_deterministic_by_seed():
-    assert draws(PromptSampler(EXAMPLES, seed=7), 12) == draws(PromptSampler(EXAMPLES, seed=7), 12)
-    many = [{"prompt": str(i)} for i in range(50)]
-    assert draws(PromptSampler(many, seed=0), 50) != draws(PromptSampler(many, seed=1), 50)
-
-
-@pytest.mark.parametrize("done", [0, 3, 5, 7, 12])
-def test_state_dict_round_trip_resumes_the_same_sequence(done):
-    uninterrupted = draws(PromptSampler(EXAMPLES, seed=11), done + 9)
-    first = PromptSampler(EXAMPLES, seed=11)
-    draws(first, done)
-    resumed = PromptSampler(EXAMPLES, seed=0)               # a different seed: the state wins
-    resumed.load_state_dict(first.state_dict())
-    assert resumed.state_dict() == first.state_dict()
-    assert draws(resumed, 9) == uninterrupted[done:]
-
-
-def test_state_dict_is_plain_data():
-    state = PromptSampler(EXAMPLES, seed=4).state_dict()
-    assert state == {"seed": 4, "epoch": 0, "position": 0}
-
-
-def test_sampler_needs_examples():
-    with pytest.raises(ValueError, match="no training examples"):
-        PromptSampler([], seed=0)
-
-
-# ---------------------------------------------------------------- build_task
-
-def test_build_task_passes_options(tokenizer):
-    task = build_task("target_match", tokenizer, length=3, transform="reverse", num_train=8, num_test=2)
-    assert isinstance(task, TargetMatch) and task.name == "target_match"
-    assert task.length == 3 and task.transform == "reverse"
-    assert len(task.examples("train")) == 8
-
-
-def test_every_registered_task_is_named_by_its_key():
-    assert all(cls.name == name for name, cls in TASKS.items())
-
-
-def test_build_task_unknown_name(tokenizer):
-    with pytest.raises(ValueError, match=r"unknown task 'nope'.*target_match"):
-        build_task("nope", tokenizer)
-
-
-def test_build_task_unknown_option_names_it(tokenizer):
-    with pytest.raises(ValueError, match="lenght"):
-        build_task("target_match", tokenizer, lenght=3)
-
-
-# ---------------------------------------------------------------- arithmetic
-
-def test_arithmetic_scores_exact_partial_and_wrong():
-    from tokrl.tasks import Arithmetic
-
-    task = Arithmetic(make_tokenizer(), num_train=10, num_test=5)
-    # exact, with spaces and one trailing period allowed
-    assert task.score("8", "8") == 1.0 and task.score("8", " 8. ") == 1.0
-    # right number in the wrong format: the last integer decides
-    assert task.score("8", "3 + 5 = 8") == 0.5 and task.score("8", "The answer is 8.") == 0.5
-    # wrong: another last number, no number, or a number that only contains the answer
-    assert task.score("8", "8 + 0 = 9") == 0.0 and task.score("8", "eight") == 0.0
-    assert task.score("8", "18") == 0.0
-    assert task.sequence_rewards([{"answer": "12"}, {"answer": "3"}], ["12", "so 3"]) == [1.0, 0.5]
-
-
-def test_arithmetic_splits_are_disjoint_and_answers_right():
-    from tokrl.tasks import Arithmetic
-
-    task = Arithmetic(make_tokenizer(), op="*", digits=2, num_train=200, num_test=20, seed=3)
-    train, test = task.examples("train"), task.examples("test")
-    assert len(train) == 200 and len(test) == 20
-    assert not {e["prompt"] for e in train} & {e["prompt"] for e in test}
-    a, b = [int(x) for x in test[0]["prompt"].split("?")[0].split("What is ")[1].split(" * ")]
-    assert test[0]["answer"] == str(a * b) and 10 <= a <= 99
-    with pytest.raises(ValueError, match="unknown op"):
-        Arithmetic(make_tokenizer(), op="/")
-    with pytest.raises(ValueError, match="num_test"):
-        Arithmetic(make_tokenizer(), digits=1, num_test=100)

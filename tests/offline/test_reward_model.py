@@ -4,8 +4,6 @@ small synthetic preference set it ranks held-out pairs right, and RL with it rai
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import random
@@ -14,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokrl.cli import main
 from tokrl.tasks.data import write_jsonl
 from tokrl.offline.reward_model import (
     RewardModelConfig,
@@ -26,7 +23,8 @@ from tokrl.offline.reward_model import (
 )
 from tokrl.rewards import build_reward, call_rewards
 from tokrl.rewards.model import HEAD_FILE, encode, load_reward_model, pad_right
-from tokrl.models.tiny import make_tokenizer
+
+from .helpers import cli
 
 A, B, EQ = 3, 4, 40            # tiny tokenizer ids of 'a', 'b', '='
 
@@ -43,8 +41,7 @@ def test_pairwise_accuracy_by_hand():
     assert pairwise_accuracy(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 2.0, 4.0])) == pytest.approx(1 / 3)
 
 
-def test_encode_and_pad_by_hand():
-    tokenizer = make_tokenizer()
+def test_encode_and_pad_by_hand(tokenizer):
     seqs = encode(tokenizer, ["ab=", "a="], ["b", "bab"], max_length=None)
     assert seqs == [[A, B, EQ, B], [A, EQ, B, A, B]]
     # too long: the oldest tokens go, so the completion is always seen
@@ -78,7 +75,7 @@ def preference_pairs(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +132,7 @@ def test_a_model_directory_is_a_recipe_reward(tiny_model_dir, prefs, tmp_path):
     assert got == pytest.approx(run.model.score(run.tokenizer, ["ab=", "b="], ["a", "bb"]), abs=1e-5)
 
 
-def test_what_is_not_a_reward_model_is_refused(tiny_model_dir, tmp_path):
+def test_what_is_not_a_reward_model_is_refused(tiny_model_dir, tokenizer, tmp_path):
     with pytest.raises(ValueError, match="is not a reward model"):
         load_reward_model(tiny_model_dir)                     # a causal LM without a head
     with pytest.raises(FileNotFoundError, match="not found"):
@@ -144,7 +141,7 @@ def test_what_is_not_a_reward_model_is_refused(tiny_model_dir, tmp_path):
 
     two = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
     two.save_pretrained(tmp_path / "two")
-    make_tokenizer().save_pretrained(tmp_path / "two")
+    tokenizer.save_pretrained(tmp_path / "two")
     with pytest.raises(ValueError, match="classifier with 2 labels"):
         load_reward_model(tmp_path / "two")
     with pytest.raises(ValueError, match="head 'mlp' is not one of classifier, scalar_head"):
@@ -152,13 +149,6 @@ def test_what_is_not_a_reward_model_is_refused(tiny_model_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- end to end
-
-def cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(argv)
-    return status, out.getvalue(), err.getvalue()
-
 
 def test_a_trained_reward_model_ranks_heldout_pairs_and_rl_raises_its_reward(tiny_model_dir, tmp_path,
                                                                               monkeypatch):

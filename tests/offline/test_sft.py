@@ -3,8 +3,6 @@ held-out loss on a small synthetic corpus and its output starts an RL recipe."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -12,22 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokrl.cli import main
 from tokrl.config import ModelConfig, SamplingConfig, load_config
 from tokrl.tasks.data import write_jsonl
 from tokrl.training.evaluate import evaluate
 from tokrl.models.load import load_policy
 from tokrl.offline.sft import IGNORE, SFTConfig, collate, completion_nll, encode_example
 from tokrl.tasks import build_task
-from tokrl.models.tiny import make_tokenizer
+
+from .helpers import cli
 
 # the tiny tokenizer: <pad>=0 <eos>=1 <bos>=2, a..z = 3..28, then digits, ' ' = 39, '=' = 40
 A, B, C, EQ, EOS = 3, 4, 5, 40, 1
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tokenizer()
 
 
 def test_tokenizer_ids_used_below(tokenizer):
@@ -77,15 +70,8 @@ def test_the_config_checks_its_values():
 
 # ---------------------------------------------------------------- end to end
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-
-
-def cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(argv)
-    return status, out.getvalue(), err.getvalue()
 
 
 def test_sft_lowers_heldout_loss_and_rl_starts_from_its_output(tiny_model_dir, tmp_path, monkeypatch):

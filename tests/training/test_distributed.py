@@ -3,7 +3,7 @@
 Two processes with the same global batch and seed make the same update as one
 process (DDP and FSDP2, REINFORCE / PPO / GRPO, LoRA), a two-process run resumes
 from its checkpoint as if never stopped, and `torchrun -m tokrl train` works end to
-end. The multi-process runs start real processes: tests/distributed_worker.py joined
+end. The multi-process runs start real processes: tests/training/distributed_worker.py joined
 through the torchrun environment variables, and torchrun itself for the CLI.
 
 The model here has a three-symbol vocabulary ("ab=" plus specials): its random
@@ -32,8 +32,8 @@ from tokrl.config import ConfigError, load_config
 from tokrl.models.tiny import make_tiny_model
 from tokrl.training.buffer import minibatch_rows
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKER = ROOT / "tests" / "distributed_worker.py"
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
 TASK = ["task.options.alphabet=ab", "task.options.num_train=12", "task.options.num_test=4"]
 QUIET = ["train.eval_samples=4", "train.target_reward=null", "log.report=false", "log.tensorboard=false"]
 RECIPES = {"reinforce": ["train.prompts_per_step=4"],
@@ -91,7 +91,7 @@ def two_processes(ab_model, tmp_path_factory) -> dict[str, dict]:
 
 
 def one_process(scenario: dict) -> dict:
-    from distributed_worker import steps
+    from .distributed_worker import steps
 
     return steps(load_config(scenario["recipe"], scenario["overrides"]), scenario["steps"])
 

@@ -26,7 +26,7 @@ def leftovers(cache: Path) -> list[Path]:
 
 def test_tiny_random_is_built_once_and_cached(tmp_path, monkeypatch):
     directory = resolve_model("tiny-random", tmp_path)
-    assert directory == tmp_path / "tiny-random"
+    assert directory == tmp_path / "tiny-random-v2"
     model, tokenizer = load(directory)
     assert model.config.model_type == "llama" and tokenizer.eos_token == "<eos>"
     assert leftovers(tmp_path) == []
@@ -41,7 +41,7 @@ def test_tiny_random_is_built_once_and_cached(tmp_path, monkeypatch):
 def test_default_cache_is_tokrl_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKRL_CACHE", str(tmp_path / "c"))
     assert pretrained.default_cache_dir() == tmp_path / "c"
-    assert resolve_model("tiny-random") == tmp_path / "c" / "tiny-random"
+    assert resolve_model("tiny-random") == tmp_path / "c" / "tiny-random-v2"
     monkeypatch.delenv("TOKRL_CACHE")
     assert pretrained.default_cache_dir() == Path.home() / ".cache" / "tokrl"
 
@@ -60,7 +60,7 @@ def test_failed_build_leaves_no_cache_entry(tmp_path, monkeypatch):
     monkeypatch.setattr("tokrl.models.tiny.make_tiny_model", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         resolve_model("tiny-random", tmp_path)
-    assert not (tmp_path / "tiny-random").exists() and leftovers(tmp_path) == []
+    assert not (tmp_path / "tiny-random-v2").exists() and leftovers(tmp_path) == []
     monkeypatch.undo()
     assert (resolve_model("tiny-random", tmp_path) / "config.json").is_file()
 

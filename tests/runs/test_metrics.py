@@ -22,32 +22,25 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
-
-
-def batch(tokenizer) -> Rollout:
+@pytest.fixture
+def batch(tokenizer, make_rollout) -> Rollout:
     """Two completions, "ab" (+EOS-free, 2 tokens) and "b" (1 token, then padding)."""
     ids = tokenizer(["ab", "b"], add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id
     tokens = torch.tensor([ids[0], ids[1] + [pad]])                       # (2, 2)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     rewards = torch.tensor([[0.5, 0.5], [0.25, 0.0]])
-    return Rollout(prompt_ids=torch.tensor([[1], [1]]), prompt_mask=torch.ones(2, 1, dtype=torch.long),
-                   tokens=tokens, lengths=torch.tensor([2, 1]), mask=mask, logprobs=torch.zeros(2, 2),
-                   entropy=torch.zeros(2, 2), rewards=rewards, advantages=torch.tensor([[0.1234567, -0.2], [0.3, 0.0]]),
-                   texts=["ab", "b"], examples=[{"prompt": "ab="}, {"prompt": "b="}])
+    return make_rollout(rewards, mask, prompt_ids=torch.tensor([[1], [1]]), tokens=tokens,
+                        lengths=torch.tensor([2, 1]), advantages=torch.tensor([[0.1234567, -0.2], [0.3, 0.0]]),
+                        texts=["ab", "b"], examples=[{"prompt": "ab="}, {"prompt": "b="}])
 
 
-def write_a_run(writer: MetricsWriter, tokenizer) -> None:
+def write_a_run(writer: MetricsWriter, tokenizer, batch: Rollout) -> None:
     """What train() writes: eval at 0, two steps (the second with a mid-training eval), a final eval."""
     writer.write_eval(0, {"reward": 0.1, "solved": 0.0, "n": 2},
                       [{"prompt": "ab=", "completion": "x", "score": 0.0}, {"prompt": "b=", "completion": "b", "score": 1.0}])
     writer.write_metrics({"step": 1, "reward/mean": 0.25, "policy/entropy": 3.5, "kl/ref_per_seq": 0.0})
-    writer.write_samples(1, batch(tokenizer), 4, tokenizer)
+    writer.write_samples(1, batch, 4, tokenizer)
     writer.write_eval(2, {"reward": 0.5, "solved": 0.5, "n": 2}, [])
     writer.write_metrics({"step": 2, "reward/mean": 0.75, "policy/entropy": 3.0, "kl/ref_per_seq": 0.0,
                           "eval/reward": 0.5, "eval/solved": 0.5, "eval/n": 2})
@@ -56,10 +49,10 @@ def write_a_run(writer: MetricsWriter, tokenizer) -> None:
 
 # ---------------------------------------------------------------- JSON lines
 
-def test_jsonl_files_and_records(tmp_path, tokenizer):
+def test_jsonl_files_and_records(tmp_path, tokenizer, batch):
     run_dir = tmp_path / "run"
     writer = MetricsWriter(run_dir)
-    write_a_run(writer, tokenizer)
+    write_a_run(writer, tokenizer, batch)
     writer.close()
     writer.close()                                          # twice is harmless
     assert {p.name for p in run_dir.iterdir()} == JSONL     # no sink asked for: nothing else
@@ -89,13 +82,13 @@ def test_jsonl_appends(tmp_path):
 
 # ---------------------------------------------------------------- TensorBoard
 
-def test_tensorboard_event_files_hold_the_scalars(tmp_path, tokenizer):
+def test_tensorboard_event_files_hold_the_scalars(tmp_path, tokenizer, batch):
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
     writer = MetricsWriter(run_dir, LogConfig(tensorboard=True))
-    write_a_run(writer, tokenizer)
+    write_a_run(writer, tokenizer, batch)
     writer.close()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     events = EventAccumulator(str(run_dir / "tb"))
@@ -140,11 +133,11 @@ def offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
 
 
-def test_wandb_offline_writes_a_local_run(tmp_path, tokenizer, offline_wandb):
+def test_wandb_offline_writes_a_local_run(tmp_path, tokenizer, batch, offline_wandb):
     run_dir = tmp_path / "run"
     writer = MetricsWriter(run_dir, LogConfig(tensorboard=False, wandb_project="tokrl-test", wandb_mode="offline"),
                            config={"algo": {"estimator": "reinforce"}})
-    write_a_run(writer, tokenizer)
+    write_a_run(writer, tokenizer, batch)
     writer.close()
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1

@@ -1,0 +1,66 @@
+"""The update on a real tiny Llama: microbatching does not change it."""
+
+import copy
+
+import pytest
+import torch
+
+from tokrl.training.loop import collect_step, train_step
+from tokrl.training.state import build_state
+from tokrl.training.update import update
+
+from .helpers import params_of, small_config
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+def test_microbatches_give_the_one_big_batch_update(tiny_model_dir, tmp_path, mode):
+    cfg = small_config(tiny_model_dir, tmp_path, f"algo.aggregation={mode}", "train.prompts_per_step=6",
+                       "train.group_size=2")
+    state = build_state(cfg)
+    train_step(state, cfg)                                  # fills the buffer with one scored batch
+    # plain SGD with lr 1: the weight change is the (clipped) gradient itself, so the
+    # comparison is not blurred by Adam dividing tiny gradients by their own size
+    state.learner.optimizer = torch.optim.SGD(state.learner.parameters(), lr=1.0)
+    snapshot = (copy.deepcopy(state.learner.model.state_dict()), copy.deepcopy(state.learner.value_head.state_dict()))
+
+    def one_update(micro: int):
+        state.learner.model.load_state_dict(snapshot[0])
+        state.learner.value_head.load_state_dict(snapshot[1])
+        cfg.train.microbatch_size = micro
+        state.shuffle_generator.manual_seed(123)
+        stats = update(state.learner, state.buffer, state.recipe, cfg, state.kl_coef.value,
+                           state.shuffle_generator, state.bad_steps)[0]
+        return params_of(state), stats
+
+    whole, stats_whole = one_update(0)
+    split, stats_split = one_update(5)                      # 12 rows -> 5 + 5 + 2
+    for a, b in zip(whole, split):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert stats_whole["loss/policy"] == pytest.approx(stats_split["loss/policy"], abs=1e-5)
+
+
+def test_importance_weights_scale_each_tokens_policy_loss(tiny_model_dir, tmp_path):
+    # pg loss, token-mean, no entropy bonus: weights of 2 on every token double the loss exactly,
+    # and a weight of 0 on a row removes that row's part
+    import dataclasses
+
+    from tokrl.training.update import microbatch_loss
+
+    cfg = small_config(tiny_model_dir, tmp_path, "algo.entropy_coef=0", "algo.baseline=none",
+                       "train.prompts_per_step=4")
+    state = build_state(cfg)
+    collect_step(state, cfg)
+    batch = state.buffer.stored()
+    counts = (batch.mask.sum(), (batch.mask.sum(dim=1) > 0).sum().float())
+
+    def loss(weights):
+        mb = dataclasses.replace(batch, is_weights=weights)
+        return float(microbatch_loss(state.learner, mb, state.recipe, cfg, 0.0, *counts)[0].detach())
+
+    plain = loss(None)
+    assert loss(2.0 * batch.mask) == pytest.approx(2.0 * plain, rel=1e-6)
+    keep_first = batch.mask.clone()
+    keep_first[1:] = 0.0
+    first_only = dataclasses.replace(batch, mask=batch.mask * keep_first)
+    expected = float(microbatch_loss(state.learner, first_only, state.recipe, cfg, 0.0, *counts)[0].detach())
+    assert loss(keep_first) == pytest.approx(expected, rel=1e-6)
