@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import math
 from pathlib import Path
 from typing import Any
 
