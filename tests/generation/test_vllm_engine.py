@@ -35,7 +35,7 @@ def setup():
         for p in model.parameters():
             if p.dim() > 1:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    engine = VLLMEngine(resolve_model(cfg.model.name), cfg, torch.device("cpu"))
+    engine = VLLMEngine(resolve_model(cfg.model.name), cfg)
     engine.sync(model)
     task = build_task("target_match", tokenizer, length=6)
     return engine, model.eval(), tokenizer, task
@@ -123,6 +123,37 @@ def test_lora_weights_are_pushed_merged():
     assert pushed.keys() == plain.keys()
     for name, tensor in plain.items():
         assert torch.allclose(pushed[name], tensor, atol=1e-6), name
+
+
+def test_a_new_run_starts_the_shared_engine_from_its_own_weights(setup):
+    # the setup fixture left its own weights in the process's engine; a new run's engine is the
+    # same vLLM instance, holding the new run's weights before its first rollout
+    from tokrl.training.state import build_state
+
+    state = build_state(load_config("configs/grpo.yaml", VLLM))
+    assert state.engine.llm is setup[0].llm
+    greedy = SamplingConfig(6, 0.0)
+    ours = sample(TokrlEngine(state.learner.model), state.tokenizer, setup[3], greedy)
+    theirs = sample(state.engine, state.tokenizer, setup[3], greedy)
+    assert torch.equal(theirs.tokens, ours.tokens)
+
+
+def test_a_run_resumes_with_the_vllm_engine_from_its_checkpoint(tmp_path):
+    from tokrl.training.loop import train
+
+    cfg = load_config("configs/grpo.yaml", [*VLLM, f"train.output_dir={tmp_path}", "train.max_steps=2",
+                                            "train.checkpoint_every=1", "train.eval_samples=8",
+                                            "train.save_model=false", "log.report=false", "log.tensorboard=false"])
+    train(cfg, tmp_path)
+    cfg.train.max_steps = 3
+    result = train(cfg, tmp_path, resume=True)
+    state = result["state"]
+    assert result["steps"] == 3
+    greedy = SamplingConfig(6, 0.0)
+    examples = state.task.examples("test")[:8]
+    ours = rollout(TokrlEngine(state.learner.model), state.tokenizer, state.task, examples, 1, greedy)
+    theirs = rollout(state.engine, state.tokenizer, state.task, examples, 1, greedy)
+    assert torch.equal(theirs.tokens, ours.tokens)       # the engine holds the resumed, trained weights
 
 
 @pytest.mark.slow

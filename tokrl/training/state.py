@@ -13,6 +13,7 @@ from tokrl import kl
 from tokrl.advantages import MovingAverage
 from tokrl.algorithms import Recipe, resolve
 from tokrl.config import Config
+from tokrl.errors import ConfigError
 from tokrl.generation.engine import Engine, TokrlEngine
 from tokrl.models.forward import device_of
 from tokrl.models.heads import ValueHead
@@ -99,9 +100,10 @@ def build_state(cfg: Config) -> TrainState:
 
 
 def build_engine(cfg: Config, model, tokenizer, task: Task) -> Engine:
-    """The engine ``rollout.engine`` names, for ``model`` (loaded from ``cfg.model``); a vLLM
-    engine is checked against the largest batch the run sends it (a training step's rows on
-    this process, or an evaluation's) with the longest prompt of the task."""
+    """The engine ``rollout.engine`` names, for ``model`` (loaded from ``cfg.model``), holding its
+    weights; the loop syncs it after every update and after a checkpoint load. A vLLM engine
+    is checked against the largest batch the run sends it (a training step's rows on this
+    process, or an evaluation's) with the longest prompt of the task."""
     if cfg.rollout.engine == "tokrl":
         return TokrlEngine(model, cfg.model.dtype)
     from tokrl.generation.prompts import longest_prompt
@@ -109,8 +111,13 @@ def build_engine(cfg: Config, model, tokenizer, task: Task) -> Engine:
     from tokrl.models.pretrained import resolve_model
     from tokrl.training.evaluate import EVAL_BATCH
 
+    if distributed.is_sharded(model):
+        raise ConfigError("rollout.engine=vllm pushes whole weights after each update; with dist.strategy=fsdp "
+                          "they are sharded: use dist.strategy=ddp or rollout.engine=tokrl")
     t = cfg.train
     examples = task.examples("train") + task.examples("test")[: t.eval_samples]
     rows = max(t.prompts_per_step * t.group_size // distributed.world_size(), min(t.eval_samples, EVAL_BATCH))
-    return VLLMEngine(resolve_model(cfg.model.name, cfg.model.cache_dir), cfg, device_of(model), rows=rows,
-                      prompt_tokens=longest_prompt(tokenizer, examples, cfg.model.chat_template))
+    engine = VLLMEngine(resolve_model(cfg.model.name, cfg.model.cache_dir), cfg, rows=rows,
+                        prompt_tokens=longest_prompt(tokenizer, examples, cfg.model.chat_template))
+    engine.sync(model)        # a vLLM engine shared in the process may hold another run's weights
+    return engine
