@@ -64,6 +64,20 @@ def test_same_seeds_give_the_same_samples_and_other_seeds_others(setup):
     assert not torch.equal(a.tokens, c.tokens)
 
 
+def test_seeded_prompts_beyond_one_steps_token_budget_sample_as_alone(setup):
+    # 64 prompts of 40 tokens (2560) pass the 2048 tokens vLLM schedules in one step. With chunked
+    # prefill it would split a prompt, and rewinding that row's seeded generator fails on a CPU
+    # ("CPU Generator does not use offset"): the demo's first step with rollout.engine=vllm did
+    engine, _, tokenizer, _ = setup
+    ids = torch.randint(3, len(tokenizer), (64, 40), generator=torch.Generator().manual_seed(0))
+    mask, sampling = torch.ones_like(ids), SamplingConfig(4, 1.0)
+    seeds = torch.arange(64) + 7
+    many = engine.generate(ids, mask, sampling, eos_id=-1, pad_id=tokenizer.pad_token_id, seeds=seeds)
+    last = engine.generate(ids[-1:], mask[-1:], sampling, eos_id=-1, pad_id=tokenizer.pad_token_id,
+                           seeds=seeds[-1:])
+    assert torch.equal(many["tokens"][-1:], last["tokens"])   # a row's sample depends on its seed alone
+
+
 def test_engine_and_trainer_logprobs_agree(setup):
     # the engine reports log-probs under the distribution it sampled (temperature, top-k, top-p);
     # the trainer's teacher-forced pass gives the same numbers: measured max |diff| 6e-6 in float32

@@ -96,7 +96,10 @@ class VLLMEngine:
                        skip_tokenizer_init=True, logprobs_mode="processed_logprobs", seed=cfg.train.seed,
                        enforce_eager=not cfg.rollout.vllm_compile, enable_prefix_caching=True,
                        kv_cache_memory_bytes=int(cfg.rollout.vllm_memory * 2**30), use_tqdm_on_load=False,
-                       max_model_len=self.max_context, max_num_batched_tokens=max(self.max_context, 2048))
+                       max_model_len=self.max_context, max_num_batched_tokens=max(self.max_context, 2048),
+                       # a prompt split across steps rewinds its row's seeded generator, which a CPU
+                       # generator cannot do ("CPU Generator does not use offset"): prefill whole prompts
+                       enable_chunked_prefill=False)
         memory = f"rollout.vllm_memory={cfg.rollout.vllm_memory} GiB"
         self.llm = shared_llm(vllm, options, f"vLLM cannot serve {directory} with {memory}",
                               f"{memory} cannot hold one sequence of {self.max_context} tokens; "
