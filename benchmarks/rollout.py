@@ -318,8 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="vLLM's weights on SmolLM2 (bf16 = model.dtype=bfloat16; tiny is always fp32)")
     p.add_argument("--vllm-compile", action=argparse.BooleanOptionalAction, default=None,
                    help="vLLM's compiled graph (rollout.vllm_compile=true) or eager mode (--no-vllm-compile); "
-                   "default: compiled, except eager for --quick (compiled start-up: the compile, once, cached under "
-                   "~/.cache/vllm, plus a profile run at every start; minutes on 2 cores, outside tokens/s)")
+                   "default: eager, as rollout.vllm_compile's default (a compiled start takes minutes on 2 cores, "
+                   "outside tokens/s)")
     p.add_argument("--vllm-memory", type=float, default=1.0,
                    help="GiB of vLLM KV cache (rollout.vllm_memory; default 1: batch 64 x ~130 tokens needs ~0.2)")
     p.add_argument("--kv-models", default=None, help="models for KV cache vs re-encode (default: tiny,smollm2 "
