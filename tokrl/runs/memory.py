@@ -6,7 +6,9 @@
   (``getrusage(RUSAGE_SELF).ru_maxrss``, never decreasing), model loading included.
 
 GB is 10^9 bytes. Under torchrun each process measures itself and rank 0 writes the
-log, so the figures are rank 0's.
+log, so the figures are rank 0's. A resumed run is a new process: its peak starts
+over (the report shows the highest of all lines). Host memory only: a model on a GPU
+holds its weights and activations in GPU memory, which these do not count.
 """
 
 from __future__ import annotations
