@@ -47,10 +47,12 @@ bench: $(BENCH_VENV)/.installed
 	$(BENCH_PY) benchmarks/rollout.py
 	$(BENCH_PY) benchmarks/step.py
 	$(BENCH_PY) benchmarks/efficiency.py
+	$(BENCH_PY) benchmarks/checkpointing.py
 
 bench-quick: $(BENCH_VENV)/.installed
 	$(BENCH_PY) benchmarks/rollout.py --quick --models tiny
 	$(BENCH_PY) benchmarks/efficiency.py --quick
+	$(BENCH_PY) benchmarks/checkpointing.py --quick
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) runs .pytest_cache

@@ -123,6 +123,7 @@ def child_tokrl(args, engine: str = "tokrl") -> dict:
     cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.max_grad_norm = args.lr, 0.0, 1.0
     cfg.train.prompts_per_step, cfg.train.group_size, cfg.train.seed = args.prompts, args.group, args.seed
     cfg.train.minibatch_size, cfg.train.microbatch_size = 0, args.microbatch
+    cfg.train.activation_checkpointing = args.tokrl_ckpt == "on"
     cfg.rollout.engine = engine
     if engine == "vllm":
         cfg.rollout.vllm_memory, cfg.rollout.vllm_compile = args.vllm_memory, args.vllm_compile == "on"
@@ -282,6 +283,7 @@ def spawn(framework: str, steps: int, args, workdir: Path, tag: str) -> dict:
            "--threads", str(args.threads), "--cache-dir", args.cache_dir, "--lr", str(args.lr),
            "--new-tokens", str(args.new_tokens), "--prompts", str(args.prompts), "--group", str(args.group),
            "--seed", str(args.seed), "--trl-grad-ckpt", args.trl_grad_ckpt, "--microbatch", str(args.microbatch),
+           "--tokrl-ckpt", args.tokrl_ckpt,
            "--vllm-memory", str(args.vllm_memory), "--vllm-compile", args.vllm_compile, "--precision", args.precision]
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(args.threads),
                TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
@@ -318,6 +320,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trl-grad-ckpt", default="on", choices=["on", "off"],
                    help="TRL's gradient checkpointing (its default: on)")
+    p.add_argument("--tokrl-ckpt", default="off", choices=["on", "off"],
+                   help="tokrl's train.activation_checkpointing (its default: off)")
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
                    help="bf16: fp32 weights under bf16 autocast for every framework (tokrl model.dtype=bfloat16, "
                    "vLLM in bf16, TRL bf16=True), the setting of the claims; fp32: float32 throughout, for a CPU "
@@ -361,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "frameworks": frameworks, "precision": args.precision,
         "tokrl": ("model.dtype=bfloat16 (fp32 weights, bf16 autocast)" if bf16 else "model.dtype=float32") +
                  ", grpo + ppo clip 0.2, token-mean, "
-                 "entropy_coef 0, one minibatch",
+                 f"entropy_coef 0, one minibatch, activation_checkpointing={args.tokrl_ckpt}",
         "tokrl-vllm": f"the tokrl config with rollout.engine=vllm (vLLM colocated, {args.precision} weights, "
                       f"rollout.vllm_memory={args.vllm_memory} GiB, rollout.vllm_compile={args.vllm_compile == 'on'}, "
                       "weights synced after each update, log-probs recomputed by the trainer, truncated IS cap 2)",

@@ -45,3 +45,25 @@ def test_rollout_benchmark_quick_on_tiny_model(tmp_path):
     kv = report["ratios"]["kv_cache"][f"tiny/batch_{batch}"]
     assert kv["kv_over_reencode"] > 0 and kv["kv_over_reencode_cpu"] > 0
     assert "smollm2" not in report["results"]["generate"]
+
+
+@pytest.mark.slow
+def test_checkpointing_benchmark_quick_on_tiny_model(tmp_path):
+    out = tmp_path / "checkpointing.json"
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "checkpointing.py"), "--quick",
+         "--cache-dir", os.environ.get("TOKRL_CACHE", str(tmp_path / "cache")), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == report and report["benchmark"] == "checkpointing"
+    for variant in ("plain", "checkpointed"):
+        assert report["results"]["update_s"][variant]["median"] > 0
+        memory = report["results"]["memory"][variant]
+        assert memory["peak_rss_mib"]["median"] > memory["rss_before_update_mib"]["median"] > 0
+        # the children run before the parent loads a model: their peaks are their own
+        child = report["results"]["children"][variant][0]
+        assert child["parent_rss_mib"] < child["rss_before_update_mib"]
+    ratios = report["ratios"]
+    assert ratios["checkpointed_over_plain_update_s"] > 0 and ratios["plain_over_checkpointed_peak_rss"] > 0

@@ -156,6 +156,16 @@ def test_heatmap_has_one_coloured_span_per_generated_token(run, page):
         assert span["attrs"]["style"].startswith("background:#")
 
 
+def test_the_report_shows_the_runs_peak_memory_and_plots_its_memory(run, page):
+    metrics = read_jsonl(run[0] / "metrics.jsonl")
+    cards = {e["text"].strip().lower(): e for e in page.find("div", "fact")}
+    card = next(text for label, text in ((k, v["text"]) for k, v in cards.items()) if label.startswith("peak memory"))
+    assert f"{max(m['memory/peak_rss_gb'] for m in metrics):.2f} GB" in card
+    assert f"RSS {metrics[-1]['memory/rss_gb']:.2f} GB at the last step" in card
+    notes = " ".join(e["text"] for e in page.find("p", "note"))
+    assert "Memory:" not in notes                                  # the memory panel is drawn
+
+
 def test_a_run_without_kl_has_no_kl_plot_and_says_why(run):
     text = run[1].read_text(encoding="utf-8")
     assert "Not plotted" in text and "no KL term" in text
@@ -167,7 +177,8 @@ def metrics_records(steps: int, kl: bool) -> list[dict]:
     out = []
     for s in range(1, steps + 1):
         record = {"step": s, "reward/mean": s / steps, "reward/std": 0.1, "policy/entropy": 2.0 - s / steps,
-                  "completion/length": 5.0, "time/tokens_per_s": 100.0, "time/collect_s": 0.1, "time/update_s": 0.1}
+                  "completion/length": 5.0, "time/tokens_per_s": 100.0, "time/collect_s": 0.1, "time/update_s": 0.1,
+                  "memory/rss_gb": 1.0 + 0.01 * (s % 3), "memory/peak_rss_gb": 1.5 + 0.01 * s}
         if kl:
             record.update({"kl/ref_per_seq": 0.01 * s, "kl/coef": 0.05})
         out.append(record)
@@ -189,6 +200,8 @@ def test_missing_files_and_keys_still_make_a_report(tmp_path):
     page = Page(write_report(run_dir).read_text(encoding="utf-8"))
     text = " ".join(e["text"] for e in page.find("p", "note"))
     assert "metrics.jsonl has no 'policy/entropy'" in text and "no evaluations" in text
+    assert "metrics.jsonl has no 'memory/rss_gb'" in text
+    assert "peak memory" not in {e["text"].strip().lower() for e in page.find("div", "label")}
     assert "No held-out completions" in text and "No training samples" in text
     png_size(run_dir / CURVES_PNG)
 

@@ -41,7 +41,8 @@ def steps(cfg, n: int) -> dict:
     for _ in range(n):
         m, batch = train_step(state, cfg)
         tokens.append(batch.tokens)
-        metrics.append({k: v for k, v in m.items() if not k.startswith("time/")})
+        # timings and memory measure the machine, not the run
+        metrics.append({k: v for k, v in m.items() if not k.startswith(("time/", "memory/"))})
     reference = state.reference.model if state.reference is not None else None
     sharded = {"policy": distributed.is_sharded(state.learner.model),
                "reference": reference is not None and distributed.is_sharded(reference)}

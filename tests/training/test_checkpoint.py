@@ -31,8 +31,9 @@ def weights(state):
     return {n: p.detach().clone() for n, p in state.learner.model.named_parameters()}
 
 
-def test_a_loaded_checkpoint_continues_exactly(tiny_model_dir, tmp_path):
-    cfg = tiny(tiny_model_dir, tmp_path, "train.max_steps=4")
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_loaded_checkpoint_continues_exactly(tiny_model_dir, tmp_path, checkpointing):
+    cfg = tiny(tiny_model_dir, tmp_path, "train.max_steps=4", f"train.activation_checkpointing={checkpointing}")
     a = build_state(cfg)
     for _ in range(2):
         train_step(a, cfg)

@@ -1,10 +1,11 @@
 """Data-parallel and sharded training with torch.distributed (gloo on CPU).
 
 Two processes with the same global batch and seed make the same update as one
-process (DDP and FSDP2, REINFORCE / PPO / GRPO, LoRA), a two-process run resumes
-from its checkpoint as if never stopped, and `torchrun -m tokrl train` works end to
-end. The multi-process runs start real processes: tests/training/distributed_worker.py joined
-through the torchrun environment variables, and torchrun itself for the CLI.
+process (DDP and FSDP2, REINFORCE / PPO / GRPO, LoRA, GRPO with activation
+checkpointing), a two-process run resumes from its checkpoint as if never stopped,
+and `torchrun -m tokrl train` works end to end. The multi-process runs start real
+processes: tests/training/distributed_worker.py joined through the torchrun
+environment variables, and torchrun itself for the CLI.
 
 The model here has a three-symbol vocabulary ("ab=" plus specials): its random
 completions match the target often, so rewards carry signal from the first step. With
@@ -66,6 +67,9 @@ def scenarios(model: Path, runs: Path) -> list[dict]:
         out.append({"name": f"lora-{strategy}", "recipe": "configs/reinforce.yaml", "steps": STEPS,
                     "overrides": overrides(model, "train.prompts_per_step=4", "model.lora_rank=2",
                                            f"dist.strategy={strategy}")})
+        out.append({"name": f"ckpt-{strategy}", "recipe": "configs/grpo.yaml", "steps": STEPS,
+                    "overrides": overrides(model, *RECIPES["grpo"], "train.activation_checkpointing=true",
+                                           f"dist.strategy={strategy}")})
         out.append({"name": f"resume-{strategy}", "recipe": "configs/ppo.yaml", "resume": [1, 3],
                     "overrides": [*overrides(model, *RECIPES["ppo"], f"dist.strategy={strategy}",
                                              "train.checkpoint_every=1", f"train.output_dir={runs / strategy}"),
@@ -106,7 +110,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-@pytest.mark.parametrize("recipe", [*RECIPES, "lora"])
+@pytest.mark.parametrize("recipe", [*RECIPES, "lora", "ckpt"])
 def test_two_processes_make_the_one_process_update(two_processes, recipe, strategy):
     scenario = two_processes[f"{recipe}-{strategy}"]
     two, one = scenario["result"], one_process(scenario)
@@ -117,9 +121,9 @@ def test_two_processes_make_the_one_process_update(two_processes, recipe, strate
     assert_same_weights(two["weights"], one["weights"])
     # FSDP shards the policy and the KL reference (with LoRA the reference is the policy)
     sharded = strategy == "fsdp"
-    assert two["sharded"] == {"policy": sharded, "reference": sharded and recipe in ("ppo", "grpo")}
+    assert two["sharded"] == {"policy": sharded, "reference": sharded and recipe in ("ppo", "grpo", "ckpt")}
     if recipe != "lora":
-        assert any(k.startswith("value_head.") for k in one["weights"]) == (recipe != "grpo")
+        assert any(k.startswith("value_head.") for k in one["weights"]) == (recipe not in ("grpo", "ckpt"))
 
 
 @pytest.mark.slow

@@ -50,8 +50,20 @@ def test_same_seed_same_weights(tiny_model_dir, tmp_path):
         runs.append((params_of(result["state"]), (tmp_path / name / "run" / "metrics.jsonl").read_text()))
     for a, b in zip(runs[0][0], runs[1][0]):
         assert torch.equal(a, b)
-    strip = lambda text: [{k: v for k, v in json.loads(l).items() if not k.startswith("time/")} for l in text.splitlines()]
+    strip = lambda text: [{k: v for k, v in json.loads(l).items() if not k.startswith(("time/", "memory/"))}
+                          for l in text.splitlines()]
     assert strip(runs[0][1]) == strip(runs[1][1])
+
+
+def test_every_step_logs_its_memory(trained_run):
+    lines = [json.loads(l) for l in (trained_run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3
+    rss = [m["memory/rss_gb"] for m in lines]
+    peak = [m["memory/peak_rss_gb"] for m in lines]
+    # a process holding a Llama, torch and transformers: well above 50 MB, far below a TB
+    assert all(0.05 < x < 1000 for x in rss + peak)
+    assert all(r <= p for r, p in zip(rss, peak))               # never more now than at the peak
+    assert peak == sorted(peak)                                 # the peak so far never falls
 
 
 def test_target_reward_stops_early(tiny_model_dir, tmp_path):

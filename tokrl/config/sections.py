@@ -100,6 +100,11 @@ class TrainConfig:
     microbatch_size: int = 0
     """sequences per forward/backward pass (0: the whole minibatch); the update does
     not depend on it"""
+    activation_checkpointing: bool = False
+    """recompute each decoder layer's activations in the update's backward pass instead
+    of keeping them from its forward pass: less memory (one hidden state per layer is
+    kept instead of all its activations) for one more forward pass through the trunk.
+    The update is unchanged (bitwise on CPU); rollout and no-grad passes are untouched"""
     target_reward: float | None = None
     """stop early once the moving average of the mean reward reaches this"""
     reward_ema: float = 0.9

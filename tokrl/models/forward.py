@@ -68,8 +68,10 @@ def forward(model, head: ValueHead | None, batch: Rollout, dtype: str) -> tuple[
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     with autocast(dtype, device):
         # position P-1+t chooses token t: keep the last T+1 positions, drop the final one
+        # no KV cache: nothing decodes after this pass, and a layer recomputed in backward
+        # (train.activation_checkpointing) would write its keys and values into it twice
         out = model(input_ids=batch.input_ids().to(device), attention_mask=attention, position_ids=positions,
-                    logits_to_keep=T + 1, output_hidden_states=head is not None)
+                    logits_to_keep=T + 1, output_hidden_states=head is not None, use_cache=False)
     logits = out.logits[:, :-1]                                          # (N, T, V)
     values = None
     if head is not None:

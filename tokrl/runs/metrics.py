@@ -3,7 +3,7 @@
 Always, as JSON lines in the run directory:
 
 - metrics.jsonl: one line per step, ``{"step": 1, "reward/mean": ..., ...}``
-  (reward, entropy, KL, losses, timings, ...)
+  (reward, entropy, KL, losses, timings, memory (``tokrl.runs.memory``), ...)
 - samples.jsonl: a few training completions per step with per-token data,
   ``{"step", "prompt", "completion", "score", "tokens", "token_texts", "rewards",
   "advantages"}`` (the last four are lists with one entry per generated token;

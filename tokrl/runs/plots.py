@@ -50,6 +50,7 @@ PANELS = [
     ("policy/entropy", "Policy entropy", "nats per token", "#7c3aed"),
     ("completion/length", "Completion length", "tokens", "#d97706"),
     ("time/tokens_per_s", "Throughput", "generated tokens / s", "#475569"),
+    ("memory/rss_gb", "Memory", "GB resident (RSS)", "#0891b2"),
 ]
 
 
@@ -105,6 +106,12 @@ def _plot_metric(ax, metrics: list[dict], key: str, colour: str) -> None:
             mean, spread = moving_average(values, window), moving_average(std, window)
             ax.fill_between(steps, [m - s for m, s in zip(mean, spread)], [m + s for m, s in zip(mean, spread)],
                             color=colour, alpha=0.08, linewidth=0, label="± batch std (averaged)")
+    if key == "memory/rss_gb":                     # the process's peak so far, beside the RSS at each step's end
+        peak_steps, peak = series(metrics, "memory/peak_rss_gb")
+        if peak:
+            ax.plot(peak_steps, peak, color=colour, linestyle="--", linewidth=1.4, drawstyle="steps-post",
+                    label="peak so far")
+            ax.legend(fontsize=8.5, frameon=False, loc="lower right", labelcolor="#334155")
 
 
 def _plot_eval(ax, evals: list[dict], colour: str) -> None:
@@ -151,7 +158,7 @@ def write_curves(path: Path, metrics: list[dict], evals: list[dict], panels: lis
             _plot_eval(ax, evals, colour)
         else:
             _plot_metric(ax, metrics, key, colour)
-            if key in ("completion/length", "time/tokens_per_s"):
+            if key in ("completion/length", "time/tokens_per_s", "memory/rss_gb"):
                 ax.set_ylim(bottom=0)
             if i == 0:                      # one legend explains the faint and the solid lines
                 ax.legend(fontsize=8.5, frameon=False, loc="upper left", labelcolor="#334155")

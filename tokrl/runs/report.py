@@ -5,8 +5,9 @@ metrics.jsonl, eval.jsonl, eval_samples.jsonl, samples.jsonl; see
 ``tokrl.runs.metrics`` for their records) and writes next to them:
 
 - report-curves.png: reward, held-out metric, KL to the reference, entropy,
-  completion length and tokens/s over steps (raw values faint, a moving average
-  on top); a quantity the run did not log is left out and the page says so;
+  completion length, tokens/s and memory (RSS, peak RSS) over steps (raw values
+  faint, a moving average on top); a quantity the run did not log is left out and
+  the page says so;
 - report.html: the run's key facts, the curves, held-out completions before and
   after training side by side, and a token-level heatmap that colours each
   generated token of a few early and late training samples by its advantage,
@@ -99,7 +100,17 @@ def _facts(run_dir: Path, config: dict, metrics: list[dict], evals: list[dict]) 
     if speed:
         median = sorted(speed)[len(speed) // 2]
         facts.append(("Throughput", f"{median:,.0f} tok/s", f"median · {seconds:,.0f} s training"))
+    facts += _memory_fact(metrics)
     return facts
+
+
+def _memory_fact(metrics: list[dict]) -> list[tuple[str, str, str]]:
+    """The peak resident memory of the run and the RSS at its last step (none when unlogged)."""
+    _, peak = series(metrics, "memory/peak_rss_gb")
+    _, rss = series(metrics, "memory/rss_gb")
+    if not peak:
+        return []
+    return [("Peak memory", f"{max(peak):.2f} GB", f"RSS {rss[-1]:.2f} GB at the last step" if rss else "")]
 
 
 def _pairs(eval_samples: list[dict], first: int, last: int) -> list[tuple[dict, dict]]:

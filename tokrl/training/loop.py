@@ -22,6 +22,7 @@ import yaml
 from tokrl.config import Config, SamplingConfig, to_dict
 from tokrl.models.load import load_policy, save_policy
 from tokrl.runs.logs import truncate_logs
+from tokrl.runs.memory import memory_metrics
 from tokrl.runs.metrics import MetricsWriter, check_sinks
 from tokrl.training import distributed
 from tokrl.training.checkpoint import load_checkpoint, newest_checkpoint, save_checkpoint
@@ -60,6 +61,7 @@ def train_step(state: TrainState, cfg: Config) -> tuple[dict[str, float], Rollou
                "reward/moving_avg": state.reward_avg.value}
     step_time = metrics["time/collect_s"] + t_update
     metrics["time/tokens_per_s"] = metrics["completion/tokens"] / max(step_time, 1e-9)
+    metrics.update(memory_metrics())                    # RSS at the end of the step, and the peak so far
     return metrics, step.batch
 
 

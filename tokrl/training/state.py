@@ -15,6 +15,7 @@ from tokrl.algorithms import Recipe, resolve
 from tokrl.config import Config
 from tokrl.errors import ConfigError
 from tokrl.generation.engine import Engine, TokrlEngine
+from tokrl.models.checkpointing import decoder_layers
 from tokrl.models.forward import device_of
 from tokrl.models.heads import ValueHead
 from tokrl.models.load import load_policy
@@ -74,6 +75,8 @@ def build_state(cfg: Config) -> TrainState:
     model.eval()   # dropout off for good: rollout and update must see the same policy
     task = build_task(cfg.task.name, tokenizer, **cfg.task.options)
     head = ValueHead(model.config.hidden_size).to(device_of(model)) if recipe.critic else None
+    if cfg.train.activation_checkpointing:
+        decoder_layers(model)        # a model without checkpointable layers fails here, not after a rollout
     # the reference is the frozen initial policy; with beta 0 it is never built or run
     reference = Reference(model) if recipe.reference else None
     distributed.check(cfg, distributed.world_size())

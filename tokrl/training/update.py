@@ -20,6 +20,7 @@ from tokrl.algorithms import Recipe
 from tokrl.config import Config
 from tokrl.errors import TrainingError
 from tokrl.generation.sampling import process_logits
+from tokrl.models.checkpointing import recompute_in_backward
 from tokrl.models.forward import forward
 from tokrl.training import distributed
 from tokrl.training.buffer import ExperienceBuffer
@@ -60,7 +61,8 @@ def microbatch_loss(learner: Learner, mb: Rollout, recipe: Recipe, cfg: Config, 
     beta: the KL coefficient (used when the recipe charges KL in the loss).
     """
     a, sampling = recipe.algo, cfg.sampling
-    logits, values = forward(*learner.trained(), mb, cfg.model.dtype)
+    with recompute_in_backward(learner.model, cfg.train.activation_checkpointing):
+        logits, values = forward(*learner.trained(), mb, cfg.model.dtype)
     mb = mb.to(logits.device)
     logp = losses.token_logprobs(process_logits(logits, sampling), mb.tokens)        # (n, T)
     policy = recipe.policy_loss(logp, mb.logprobs, mb.advantages, mb.mask, a)
