@@ -39,7 +39,7 @@ def collect_step(state: TrainState, cfg: Config) -> Collected:
     learner = state.learner
     step = collect(state.engine, learner.model, learner.value_head, state.reference, state.tokenizer, state.task,
                    examples, step=state.step, recipe=state.recipe, cfg=cfg, baseline=state.baseline,
-                   beta=state.kl_coef.value)
+                   beta=state.kl_coef.value, refill=lambda: state.sampler.sample(cfg.train.prompts_per_step))
     state.buffer.clear()                                 # on-policy: this step's data only
     state.buffer.add(distributed.own_rows(step.batch))
     return step
