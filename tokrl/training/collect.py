@@ -162,6 +162,9 @@ def collect(engine: Engine, model, head, reference: Reference | None, tokenizer,
     components = distributed.mean_over_ranks(task.last_reward_components())
     drawn = None
     if cfg.train.dynamic_sampling:
+        if refill is None:
+            raise ValueError("train.dynamic_sampling draws refill rounds: pass collect() a refill function")
+
         def roll(more: list[Example], offset: int) -> Rollout:
             return sample_batch(engine, tokenizer, task, more, step, cfg, offset)
         batch, drawn = dynamic_batch(batch, roll, refill, len(examples), cfg.train.max_resample)
