@@ -78,7 +78,8 @@ def _train(args: argparse.Namespace) -> int:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     try:
-        result = train(cfg, run_dir, progress=progress, on_start=on_start, resume=bool(args.resume))
+        result = train(cfg, run_dir, progress=progress, on_start=on_start, resume=bool(args.resume),
+                       warn=lambda w: bar.write(f"tokrl: warning at step {w.last}: {w.describe()}", file=sys.stderr))
     finally:
         bar.close()
         lock.release()

@@ -168,9 +168,21 @@ def final_weights(run_dir: Path):
     return load_file(run_dir / "model" / "model.safetensors")
 
 
+def logged(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the timings (which no two runs share)."""
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# dynamic sampling: refill rounds draw more prompts inside a step (the tiny model's groups mostly agree)
+RESUMED = {"reinforce": [RECIPE],
+           "grpo-dynamic": ["configs/grpo.yaml", "train.dynamic_sampling=true", "train.max_resample=2"]}
+
+
 @pytest.mark.slow
-def test_sigkill_anywhere_then_resume_ends_bitwise_identical(tiny_model_dir, tmp_path):
-    common = [RECIPE, f"model.name={tiny_model_dir}", "train.max_steps=6", "train.checkpoint_every=2",
+@pytest.mark.parametrize("recipe", RESUMED)
+def test_sigkill_anywhere_then_resume_ends_bitwise_identical(tiny_model_dir, tmp_path, recipe):
+    common = [*RESUMED[recipe], f"model.name={tiny_model_dir}", "train.max_steps=6", "train.checkpoint_every=2",
               "train.prompts_per_step=4", "train.eval_samples=4", "train.target_reward=null", "--quiet"]
     clean = tmp_path / "clean"
     done = run_cli(["train", *common, f"train.output_dir={clean}"])
@@ -189,3 +201,10 @@ def test_sigkill_anywhere_then_resume_ends_bitwise_identical(tiny_model_dir, tmp
             assert torch.equal(got[name], reference[name]), (point, name)
         steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert steps == [1, 2, 3, 4, 5, 6], point              # nothing logged twice, nothing lost
+        # the same numbers (rounds drawn, signal) and the same health trackers in the last checkpoint
+        assert logged(run_dir) == logged(clean), point
+        last = Path("checkpoints") / "step-00000006" / "state.pt"
+        assert (torch.load(run_dir / last, weights_only=True)["health"]
+                == torch.load(clean / last, weights_only=True)["health"]), point
+    if recipe == "grpo-dynamic":
+        assert max(m["dynamic_sampling/rounds"] for m in logged(clean)) > 1

@@ -2,10 +2,10 @@
 
 Two processes with the same global batch and seed make the same update as one
 process (DDP and FSDP2, REINFORCE / PPO / GRPO, LoRA, GRPO with activation
-checkpointing), a two-process run resumes from its checkpoint as if never stopped,
-and `torchrun -m tokrl train` works end to end. The multi-process runs start real
-processes: tests/training/distributed_worker.py joined through the torchrun
-environment variables, and torchrun itself for the CLI.
+checkpointing, GRPO with dynamic sampling), a two-process run resumes from its checkpoint
+as if never stopped, and `torchrun -m tokrl train` works end to end. The multi-process
+runs start real processes: tests/training/distributed_worker.py joined through the
+torchrun environment variables, and torchrun itself for the CLI.
 
 The model here has a three-symbol vocabulary ("ab=" plus specials): its random
 completions match the target often, so rewards carry signal from the first step. With
@@ -41,6 +41,9 @@ RECIPES = {"reinforce": ["train.prompts_per_step=4"],
            "ppo": ["train.prompts_per_step=4", "train.minibatch_size=2"],      # 2 minibatches x 4 epochs
            "grpo": ["train.prompts_per_step=4", "train.microbatch_size=3"]}    # 16 rows: DDP accumulates
 STEPS = 2
+# at temperature 0.3 the ab model's samples of a prompt often agree: refills are drawn, and with
+# one refill allowed a step can come up short (its filler group is left out of the loss)
+DYNAMIC = ["train.prompts_per_step=4", "train.dynamic_sampling=true", "train.max_resample=1", "sampling.temperature=0.3"]
 
 
 def free_port() -> int:
@@ -70,6 +73,8 @@ def scenarios(model: Path, runs: Path) -> list[dict]:
         out.append({"name": f"ckpt-{strategy}", "recipe": "configs/grpo.yaml", "steps": STEPS,
                     "overrides": overrides(model, *RECIPES["grpo"], "train.activation_checkpointing=true",
                                            f"dist.strategy={strategy}")})
+        out.append({"name": f"dynamic-{strategy}", "recipe": "configs/grpo.yaml", "steps": STEPS,
+                    "overrides": overrides(model, *DYNAMIC, f"dist.strategy={strategy}")})
         out.append({"name": f"resume-{strategy}", "recipe": "configs/ppo.yaml", "resume": [1, 3],
                     "overrides": [*overrides(model, *RECIPES["ppo"], f"dist.strategy={strategy}",
                                              "train.checkpoint_every=1", f"train.output_dir={runs / strategy}"),
@@ -124,6 +129,21 @@ def test_two_processes_make_the_one_process_update(two_processes, recipe, strate
     assert two["sharded"] == {"policy": sharded, "reference": sharded and recipe in ("ppo", "grpo", "ckpt")}
     if recipe != "lora":
         assert any(k.startswith("value_head.") for k in one["weights"]) == (recipe not in ("grpo", "ckpt"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_draw_and_choose_the_one_process_dynamic_batch(two_processes, strategy):
+    scenario = two_processes[f"dynamic-{strategy}"]
+    two, one = scenario["result"], one_process(scenario)
+    # refills were drawn and chosen over both processes' rows, and a step came up short
+    assert max(m["dynamic_sampling/rounds"] for m in one["metrics"]) == 2.0
+    assert min(m["groups/informative"] for m in one["metrics"]) < 4.0
+    for step in range(STEPS):
+        assert torch.equal(two["tokens"][step], one["tokens"][step])      # the same chosen rows, in order
+        for key, value in one["metrics"][step].items():
+            assert two["metrics"][step][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (step, key)
+    assert_same_weights(two["weights"], one["weights"])
 
 
 @pytest.mark.slow

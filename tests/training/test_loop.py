@@ -28,6 +28,21 @@ def test_tiny_model_learns_target_match_with_reinforce_value_baseline_and_entrop
     assert result["eval_after"]["reward"] >= 0.9            # held-out inputs, greedy
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["grpo", "rloo"])
+def test_group_recipes_with_dynamic_sampling_still_learn_target_match(tmp_path, recipe):
+    # the shipped recipe with DAPO's dynamic sampling: groups that agree are dropped and refilled,
+    # so the training batch's own mean stays near 0.5; the held-out greedy score is the measure
+    cfg = load_config(f"configs/{recipe}.yaml", [f"train.output_dir={tmp_path / 'run'}", "train.save_model=false",
+                                                 "train.dynamic_sampling=true", "log.tensorboard=false"])
+    result = train(cfg, tmp_path / "run")
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert result["eval_before"]["reward"] < 0.2
+    assert result["eval_after"]["reward"] >= 0.9                 # held-out inputs, greedy
+    assert max(m["dynamic_sampling/rounds"] for m in lines) > 1  # refills were drawn
+    assert min(m["groups/informative"] for m in lines[:20]) == cfg.train.prompts_per_step
+
+
 @pytest.mark.parametrize("baseline", ["none", "ema", "value"])
 def test_every_baseline_runs_and_changes_the_policy(tiny_model_dir, tmp_path, baseline):
     cfg = small_config(tiny_model_dir, tmp_path, f"algo.baseline={baseline}", "train.max_steps=2",
@@ -80,3 +95,28 @@ def test_gae_estimator_trains_the_critic(tiny_model_dir, tmp_path):
     metrics, batch = train_step(state, cfg)
     assert "loss/value" in metrics and "critic/explained_variance" in metrics
     assert torch.allclose(batch.returns, (batch.advantages + batch.values) * batch.mask, atol=1e-6)
+
+
+def test_a_run_built_to_hit_the_length_cap_warns_on_the_console_and_in_its_report(tiny_model_dir, tmp_path):
+    # one token allowed for 4-character answers: every completion (an EOS counts as its one
+    # token) reaches the cap, completion/at_cap_frac = 1.0 >= 0.9, five steps in a row by
+    # step 5, dated to step 1
+    cfg = small_config(tiny_model_dir, tmp_path, "sampling.max_new_tokens=1",
+                       "train.max_steps=6", "train.prompts_per_step=2", "train.target_reward=null",
+                       "log.tensorboard=false")
+    said = []
+    result = train(cfg, tmp_path / "run", warn=said.append)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["completion/at_cap_frac"] for m in lines] == [1.0] * 6
+    assert [(w.kind, w.began) for w in said] == [("length_cap", 1)]
+    assert [(w.kind, w.began, w.last) for w in result["state"].health.warnings()] == [("length_cap", 1, 6)]
+    report = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "completions pinned at the length cap</b> from step 1" in report and "sampling.max_new_tokens" in report
+
+
+def test_a_healthy_short_run_prints_no_warning(tiny_model_dir, tmp_path, capsys):
+    cfg = small_config(tiny_model_dir, tmp_path, "train.max_steps=3", "train.prompts_per_step=4",
+                       "log.tensorboard=false")
+    train(cfg, tmp_path / "run")
+    assert "warning" not in capsys.readouterr().err
+    assert "No warnings" in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")

@@ -104,6 +104,9 @@ def validate(cfg: Config) -> None:
     _check(cfg.log.wandb_mode in ("offline", "online"), "log.wandb_mode must be offline or online")
     _check(t.on_bad_reward in ("error", "skip"), "train.on_bad_reward must be error or skip")
     _check(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
+    _check(not t.dynamic_sampling or t.group_size >= 2,
+           "train.dynamic_sampling compares the samples of one prompt: set train.group_size >= 2")
+    _check(t.max_resample >= 0, "train.max_resample must be >= 0")
     _check(t.checkpoint_every >= 0 and t.keep_checkpoints >= 1,
            "train.checkpoint_every must be >= 0 and train.keep_checkpoints >= 1")
     _check(t.output_dir.strip() != "", "train.output_dir must name a directory (e.g. runs/my-run)")

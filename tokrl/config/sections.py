@@ -129,6 +129,17 @@ class TrainConfig:
     sample from the loss and count it in reward/dropped)"""
     max_bad_steps: int = 5
     """stop after this many consecutive updates skipped for a non-finite loss or gradient"""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling (needs group_size >= 2): drop the groups whose G rewards are
+    all equal (they carry no signal) and draw prompts_per_step more prompts in a refill
+    round until prompts_per_step groups with signal are found or max_resample refills
+    were drawn; surplus groups are dropped in prompt order. When refills run out the step
+    trains on the groups with signal it found (the batch is filled up to prompts_per_step
+    groups with groups left out of the loss, mask 0). reward/mean is then the mean over
+    every sample drawn in the step; dynamic_sampling/rounds counts the rounds"""
+    max_resample: int = 3
+    """dynamic_sampling: at most this many refill rounds per step (each rolls out
+    prompts_per_step more prompts)"""
 
 
 @dataclass

@@ -11,7 +11,10 @@ metrics.jsonl, eval.jsonl, eval_samples.jsonl, samples.jsonl; see
 - report.html: the run's key facts, the curves, held-out completions before and
   after training side by side, and a token-level heatmap that colours each
   generated token of a few early and late training samples by its advantage,
-  with its per-token reward in a strip underneath.
+  with its per-token reward in a strip underneath, and the run's health: the
+  warnings of ``tokrl.runs.health`` recomputed from metrics.jsonl (what the console
+  printed during training), each with the step it began and the keys that address it,
+  and how many groups carried no signal early and late.
 
 The page is self-contained: inline CSS, the PNG by relative path, no JavaScript,
 nothing fetched from the network. Any file or key may be missing (a crashed run,
@@ -27,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from tokrl.runs.health import Limits, replay
 from tokrl.runs.heatmap import heatmap
 from tokrl.runs.html import fmt, score_of, show
 from tokrl.runs.logs import read_jsonl
@@ -60,9 +64,33 @@ def _check_run_dir(run_dir: Path) -> None:
                          "pass the train.output_dir of a run")
 
 
-# ---------------------------------------------------------------------- numbers
-
 # ------------------------------------------------------------------------- HTML
+
+def _signal_note(metrics: list[dict]) -> str:
+    """How many groups carried no signal over the first and the last ten steps."""
+    _, zero = series(metrics, "groups/zero_signal_frac")
+    if not zero:
+        return ""
+    first, last = zero[:10], zero[-10:]
+    return (f'<p class="note">Groups whose samples all earned the same reward (no signal): '
+            f"{sum(first) / len(first):.0%} over the first {len(first)} steps, "
+            f"{sum(last) / len(last):.0%} over the last {len(last)}.</p>")
+
+
+def _health(metrics: list[dict], config: dict) -> str:
+    """The health warnings, recomputed from metrics.jsonl as the console raised them."""
+    if not metrics:
+        return '<p class="note">No per-step metrics (metrics.jsonl is missing or empty): nothing to check.</p>'
+    warnings = replay(metrics, Limits.of(config))
+    if not warnings:
+        return ('<p class="note">No warnings: no entropy collapse or groups without signal while the reward '
+                "stalled, no gradient-norm spike, no KL past its bound, no completions pinned at the length "
+                "cap.</p>" + _signal_note(metrics))
+    items = "".join(f'<li class="warning"><b>{html.escape(w.title)}</b> from step {w.began} '
+                    f'<span class="muted">(last seen at step {w.last})</span>: {html.escape(w.message)}.'
+                    f'<br><span class="fix">To fix: {html.escape(w.fix)}</span></li>' for w in warnings)
+    return f'<ul class="warnings">{items}</ul>' + _signal_note(metrics)
+
 
 def _facts(run_dir: Path, config: dict, metrics: list[dict], evals: list[dict]) -> list[tuple[str, str, str]]:
     """(label, value, detail) of the header cards."""
@@ -200,6 +228,8 @@ table.pairs .num { text-align: right; font-variant-numeric: tabular-nums; white-
 .tok { font-family: ui-monospace, "SF Mono", Menlo, Consolas, "DejaVu Sans Mono", monospace; font-size: 15px;
   white-space: pre; padding: 3px 5px; border-radius: 4px; min-width: 1.4em; text-align: center; }
 .rw { height: 5px; border-radius: 2px; margin: 2px 1px 0; }
+ul.warnings { margin: 0; padding-left: 20px; }
+li.warning { margin: 6px 0; } li.warning b { color: #b45309; } .fix { color: var(--soft); font-size: 13.5px; }
 footer { color: var(--faint); font-size: 12.5px; margin-top: 26px; }
 """
 
@@ -237,6 +267,12 @@ def _page(run_dir: Path, config: dict, metrics: list[dict], evals: list[dict], e
 <p class="lead">Faint lines are per-step values, solid lines their moving average; the held-out panel is
 greedy decoding on the task's test split at each evaluation.</p>
 {plots}
+</section>
+<section>
+<h2>Health</h2>
+<p class="lead">Warnings recomputed from metrics.jsonl, the ones the console printed during training. Stalls
+(entropy collapse, groups without signal) are not reported while the reward is still rising.</p>
+{_health(metrics, config)}
 </section>
 <section>
 <h2>Held-out completions, before and after</h2>

@@ -8,7 +8,7 @@ A checkpoint is a folder ``run_dir/checkpoints/step-00000012/`` holding
   name when the model is sharded with FSDP)
 - ``state.pt``: step, RNG states (python, numpy, torch, the shuffle generator; one
   set per process of a torchrun run), the prompt sampler's position, the baselines
-  and the KL coefficient
+  the KL coefficient and the health warnings' trackers
 - ``config.yaml``: the run's configuration
 - ``manifest.json``: the step and a sha256 of every file above, written last
 
@@ -136,6 +136,7 @@ def _write(root: Path, final: Path, state, weights: dict, optimizer: dict, rngs:
         "reward_avg": state.reward_avg.state_dict(),
         "kl_coef": state.kl_coef.state_dict(),
         "bad_steps": state.bad_steps,
+        "health": state.health.state_dict(),
         "optimizer_keys": "names" if sharded else "indices",
     }, tmp / "state.pt")
     (tmp / "config.yaml").write_text(config_yaml)
@@ -222,6 +223,8 @@ def load_checkpoint(checkpoint: Path, state) -> None:
     state.reward_avg.load_state_dict(saved["reward_avg"])
     state.kl_coef.load_state_dict(saved["kl_coef"])
     state.bad_steps = saved["bad_steps"]
+    if "health" in saved:                          # checkpoints written before the health warnings lack it
+        state.health.load_state_dict(saved["health"])
 
 
 def _check_names(module: torch.nn.Module, weights: dict[str, torch.Tensor], checkpoint: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -27,6 +28,7 @@ from tokrl.models.reference import Reference
 from tokrl.tasks.base import Example, Task
 from tokrl.training import distributed
 from tokrl.training.checkpoint import fault_point
+from tokrl.training.dynamic import SIGNAL_ATOL, Drawn, dynamic_batch, informative_groups
 from tokrl.types import Rollout
 
 
@@ -103,14 +105,18 @@ def greedy_scores(engine: Engine, tokenizer, task: Task, examples: list[Example]
 
 # --------------------------------------------------------------------- stages
 
-def sample_batch(engine: Engine, tokenizer, task: Task, examples: list[Example], step: int, cfg: Config) -> Rollout:
+def sample_batch(engine: Engine, tokenizer, task: Task, examples: list[Example], step: int, cfg: Config,
+                 offset: int = 0) -> Rollout:
     """This process's share of the step's B prompts, G samples each, scored.
 
-    examples: the step's B prompts, alike on every process. Rows are numbered within the
-    whole step (``prompt_index``) and their noise is keyed to (seed, step, prompt, sample).
+    examples: the step's B prompts, alike on every process; offset: the number in the step
+    of the first of them (dynamic sampling's refill rounds continue the numbering). Rows
+    are numbered within the whole step (``prompt_index``) and their noise is keyed to
+    (seed, step, prompt, sample).
     """
     t = cfg.train
     first, mine = distributed.shard(examples)                # this process's B/W of them, prompt-major
+    first += offset
     width = longest_prompt(tokenizer, examples, cfg.model.chat_template)   # every process pads alike
     with torch.no_grad():
         batch = rollout(engine, tokenizer, task, mine, t.group_size, cfg.sampling,
@@ -141,23 +147,58 @@ def estimate(batch: Rollout, recipe: Recipe, baseline: MovingAverage, beta: floa
 
 def collect(engine: Engine, model, head, reference: Reference | None, tokenizer, task: Task,
             examples: list[Example], *, step: int, recipe: Recipe, cfg: Config, baseline: MovingAverage,
-            beta: float) -> Collected:
-    """Prompts -> rollout -> (engine correction,) values, reference, greedy scores -> gather
-    -> KL -> advantages.
+            beta: float, refill: Callable[[], list[Example]] | None = None) -> Collected:
+    """Prompts -> rollout (-> dynamic sampling's refills and choice) -> (engine correction,)
+    values, reference, greedy scores -> gather -> KL -> advantages.
 
     engine: samples the completions; model, head: the policy and its value head (None
     without a critic); examples: the step's B prompts; baseline: the moving average that
-    the ema baseline reads and updates; beta: the KL coefficient.
+    the ema baseline reads and updates; beta: the KL coefficient; refill: draws B more
+    prompts (train.dynamic_sampling's refill rounds, ``training.dynamic``).
     """
     t0 = time.perf_counter()
-    dtype = cfg.model.dtype
     batch = sample_batch(engine, tokenizer, task, examples, step, cfg)
+    # each reward's mean under its own name (of the first round): the mean of the processes' equal shares
+    components = distributed.mean_over_ranks(task.last_reward_components())
+    drawn = None
+    if cfg.train.dynamic_sampling:
+        if refill is None:
+            raise ValueError("train.dynamic_sampling draws refill rounds: pass collect() a refill function")
+
+        def roll(more: list[Example], offset: int) -> Rollout:
+            return sample_batch(engine, tokenizer, task, more, step, cfg, offset)
+        batch, drawn = dynamic_batch(batch, roll, refill, len(examples), cfg.train.max_resample)
+        examples = drawn.examples
     fault_point("rollout", step)
     t_rollout = time.perf_counter() - t0
+    batch = extra_passes(engine, model, head, reference, tokenizer, task, examples, batch, recipe, cfg)
+    # from here on every process holds the whole batch (N rows) and computes what one process would
+    batch = distributed.gather_rollout(batch)
+    task_scores = batch.scores                             # before any KL penalty
+    drawn_scores = task_scores if drawn is None else drawn.scores
+    batch, kl_seq = estimate(batch, recipe, baseline, beta)
+    metrics = {**step_metrics(batch, drawn_scores, cfg.sampling.max_new_tokens), **components,
+               "kl/ref_per_seq": kl_seq, "kl/coef": beta, "time/rollout_s": t_rollout}
+    if drawn is not None:
+        batch.mask = batch.mask * drawn.trained[:, None]     # fillers leave the loss
+        metrics["dynamic_sampling/rounds"] = float(drawn.rounds)
+    metrics.update(signal_metrics(batch, task_scores, drawn_scores))
+    metrics["time/collect_s"] = time.perf_counter() - t0
+    if batch.engine_logprobs is not None:
+        metrics.update(mismatch_metrics(batch, cfg.rollout.is_cap))
+        if cfg.rollout.is_mask_sequences:
+            batch = mask_outlier_sequences(batch, cfg.rollout.is_cap)
+    return Collected(batch=batch, kl_per_seq=kl_seq, reward_mean=float(drawn_scores.mean()), metrics=metrics)
+
+
+def extra_passes(engine: Engine, model, head, reference: Reference | None, tokenizer, task: Task,
+                 examples: list[Example], batch: Rollout, recipe: Recipe, cfg: Config) -> Rollout:
+    """This process's rows with what the recipe needs beyond the rollout: the trainer's own
+    log-probs (an inexact engine), V(s_t) (a critic), the reference's log-probs (beta > 0)
+    and the greedy scores (ReMax). examples: the B prompts of the step's batch."""
+    dtype = cfg.model.dtype
     if not engine.exact:
         batch = correct_for_engine(model, batch, cfg)
-    # each reward's mean under its own name: the mean of the processes' equal shares
-    components = distributed.mean_over_ranks(task.last_reward_components())
     if recipe.critic:
         batch.values = values_of(model, head, batch, dtype)
     if reference is not None:
@@ -166,21 +207,15 @@ def collect(engine: Engine, model, head, reference: Reference | None, tokenizer,
         _, mine = distributed.shard(examples)
         width = longest_prompt(tokenizer, examples, cfg.model.chat_template)
         batch.greedy_scores = greedy_scores(engine, tokenizer, task, mine, cfg, batch.group_size, width)
-    # from here on every process holds the whole batch (N rows) and computes what one process would
-    batch = distributed.gather_rollout(batch)
-    task_scores = batch.scores                             # before any KL penalty
-    batch, kl_seq = estimate(batch, recipe, baseline, beta)
-    metrics = {**step_metrics(batch, task_scores), **components, "kl/ref_per_seq": kl_seq, "kl/coef": beta,
-               "time/rollout_s": t_rollout, "time/collect_s": time.perf_counter() - t0}
-    if batch.engine_logprobs is not None:
-        metrics.update(mismatch_metrics(batch, cfg.rollout.is_cap))
-        if cfg.rollout.is_mask_sequences:
-            batch = mask_outlier_sequences(batch, cfg.rollout.is_cap)
-    return Collected(batch=batch, kl_per_seq=kl_seq, reward_mean=float(task_scores.mean()), metrics=metrics)
+    return batch
 
 
-def step_metrics(batch: Rollout, task_scores: Tensor) -> dict[str, float]:
-    """What the log shows of a scored batch: rewards, entropy, lengths, advantages, critic."""
+def step_metrics(batch: Rollout, task_scores: Tensor, cap: int) -> dict[str, float]:
+    """What the log shows of a scored batch: rewards, entropy, lengths, advantages, critic.
+
+    task_scores: the scores of every sample drawn (those of the batch, unless dynamic
+    sampling drew more); cap: sampling.max_new_tokens.
+    """
     mask = batch.mask
     n_tokens = max(float(mask.sum()), 1.0)
     metrics = {
@@ -188,12 +223,39 @@ def step_metrics(batch: Rollout, task_scores: Tensor) -> dict[str, float]:
         "reward/std": float(task_scores.std()) if batch.num_sequences > 1 else 0.0,
         "policy/entropy": float((batch.entropy * mask).sum() / n_tokens),
         "completion/length": float(batch.lengths.float().mean()),
+        "completion/at_cap_frac": float((batch.lengths >= cap).float().mean()),
         "completion/tokens": n_tokens,
         "reward/dropped": float(((mask.sum(dim=1) == 0) & (batch.lengths > 0)).sum()),
         "advantage/mean": float((batch.advantages * mask).sum() / n_tokens),
     }
     if batch.values is not None and batch.returns is not None:
         metrics["critic/explained_variance"] = float(explained_variance(batch.values, batch.returns, mask))
+    return metrics
+
+
+def signal_metrics(batch: Rollout, task_scores: Tensor, drawn_scores: Tensor) -> dict[str, float]:
+    """How much of the step can teach anything.
+
+    - groups/zero_signal_frac: the share of the groups drawn whose G task scores are all
+      equal, so their group-relative advantages vanish (G >= 2 only);
+    - groups/informative: the groups of the update's batch whose scores differ (G >= 2 only);
+    - advantage/nonzero_frac: the share of the update's tokens with |A| >= 1e-6;
+    - advantage/zero_rows_frac: the share of the update's sequences with |A| < 1e-6 on every
+      token (for estimators without groups, the counterpart of zero_signal_frac).
+
+    batch: the update's batch, with advantages and its final mask; task_scores: (N,) its
+    scores before any KL penalty; drawn_scores: (M*G,) those of every sample drawn.
+    """
+    mask = batch.mask
+    small = (batch.advantages.abs() < SIGNAL_ATOL).float()                        # (N, T)
+    rows = mask.sum(dim=1) > 0                                                    # (N,) rows in the loss
+    zero_rows = ((small * mask).sum(dim=1) == mask.sum(dim=1)) & rows
+    metrics = {"advantage/nonzero_frac": float(((1.0 - small) * mask).sum() / mask.sum().clamp(min=1.0)),
+               "advantage/zero_rows_frac": float(zero_rows.sum() / rows.sum().clamp(min=1))}
+    G = batch.group_size
+    if G >= 2:
+        metrics["groups/zero_signal_frac"] = float(1.0 - informative_groups(drawn_scores, G).float().mean())
+        metrics["groups/informative"] = float(informative_groups(task_scores, G).sum())
     return metrics
 
 

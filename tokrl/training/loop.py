@@ -13,6 +13,7 @@ one process computes it. Only rank 0 writes to the run directory.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,7 @@ import yaml
 
 from tokrl.config import Config, SamplingConfig, to_dict
 from tokrl.models.load import load_policy, save_policy
+from tokrl.runs.health import HealthWarning
 from tokrl.runs.logs import truncate_logs
 from tokrl.runs.memory import memory_metrics
 from tokrl.runs.metrics import MetricsWriter, check_sinks
@@ -40,7 +42,7 @@ def collect_step(state: TrainState, cfg: Config) -> Collected:
     learner = state.learner
     step = collect(state.engine, learner.model, learner.value_head, state.reference, state.tokenizer, state.task,
                    examples, step=state.step, recipe=state.recipe, cfg=cfg, baseline=state.baseline,
-                   beta=state.kl_coef.value)
+                   beta=state.kl_coef.value, refill=lambda: state.sampler.sample(cfg.train.prompts_per_step))
     state.buffer.clear()                                 # on-policy: this step's data only
     state.buffer.add(distributed.own_rows(step.batch))
     return step
@@ -66,7 +68,8 @@ def train_step(state: TrainState, cfg: Config) -> tuple[dict[str, float], Rollou
 
 
 def train(cfg: Config, run_dir: Path, progress: Callable[[dict[str, float]], None] | None = None,
-          on_start: Callable[[], None] | None = None, resume: bool = False) -> dict[str, Any]:
+          on_start: Callable[[], None] | None = None, resume: bool = False,
+          warn: Callable[[HealthWarning], None] | None = None) -> dict[str, Any]:
     """Train until max_steps or until the moving-average reward reaches target_reward.
 
     Writes metrics.jsonl, samples.jsonl, eval.jsonl, eval_samples.jsonl, checkpoints/
@@ -74,7 +77,8 @@ def train(cfg: Config, run_dir: Path, progress: Callable[[dict[str, float]], Non
     loaded and the first evaluation has run, before anything is written. With
     ``resume`` the run continues from the newest complete checkpoint in run_dir, and
     ends with the weights an uninterrupted run would have.
-    Under torchrun every process calls this; rank 0 alone runs ``on_start`` and writes.
+    ``warn`` gets each health warning as it begins (``runs.health``; default: a line on stderr).
+    Under torchrun every process calls this; rank 0 alone runs ``on_start``, writes and warns.
     Returns {"steps", "eval_before", "eval_after", "stopped_early", "state"}.
     """
     check_sinks(cfg.log)             # a missing wandb fails before anything is written
@@ -93,6 +97,9 @@ def train(cfg: Config, run_dir: Path, progress: Callable[[dict[str, float]], Non
             writer.write_eval(state.step, mid, mid_samples)
             metrics.update({f"eval/{k}": v for k, v in mid.items()})
         writer.write_metrics(metrics)
+        for warning in state.health.observe(metrics):
+            if distributed.is_main():
+                (warn or print_warning)(warning)
         writer.write_samples(state.step, batch, t.log_samples, state.tokenizer)
         if progress is not None:
             progress(metrics)
@@ -105,6 +112,10 @@ def train(cfg: Config, run_dir: Path, progress: Callable[[dict[str, float]], Non
     after = finish_run(state, cfg, run_dir, writer, run_eval)
     return {"steps": state.step, "eval_before": before, "eval_after": after, "stopped_early": stopped_early,
             "state": state}
+
+
+def print_warning(warning: HealthWarning) -> None:
+    print(f"tokrl: warning at step {warning.last}: {warning.describe()}", file=sys.stderr, flush=True)
 
 
 def evaluator(state: TrainState, cfg: Config) -> Callable[[], tuple[dict[str, float], list[dict]]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from tokrl import kl
 from tokrl.advantages import MovingAverage
 from tokrl.algorithms import Recipe, resolve
-from tokrl.config import Config
+from tokrl.config import Config, to_dict
 from tokrl.errors import ConfigError
 from tokrl.generation.engine import Engine, TokrlEngine
 from tokrl.models.checkpointing import decoder_layers
@@ -20,6 +20,7 @@ from tokrl.models.forward import device_of
 from tokrl.models.heads import ValueHead
 from tokrl.models.load import load_policy
 from tokrl.models.reference import Reference
+from tokrl.runs.health import Limits, Tracker
 from tokrl.tasks import PromptSampler, Task, build_task
 from tokrl.training import distributed
 from tokrl.training.buffer import ExperienceBuffer
@@ -65,6 +66,8 @@ class TrainState:
     step: int = 0
     bad_steps: int = 0
     """consecutive updates skipped for a non-finite loss or gradient"""
+    health: Tracker = field(default_factory=Tracker)
+    """what the console's health warnings remember (``runs.health``)"""
 
 
 def build_state(cfg: Config) -> TrainState:
@@ -98,7 +101,7 @@ def build_state(cfg: Config) -> TrainState:
         buffer=ExperienceBuffer(capacity=t.prompts_per_step * t.group_size),
         baseline=MovingAverage(cfg.algo.ema_decay), reward_avg=MovingAverage(t.reward_ema),
         shuffle_generator=torch.Generator().manual_seed(t.seed + 2),
-        kl_coef=kl.controller(cfg.kl), reference=reference,
+        kl_coef=kl.controller(cfg.kl), reference=reference, health=Tracker(Limits.of(to_dict(cfg))),
     )
 
 
