@@ -148,6 +148,6 @@ def test_every_recipe_learns_target_match(tmp_path, recipe):
     if cfg.algo.estimator == "gae":
         lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
         # the critic learns: explained variance starts at 0 (the head is zero-initialised); the run
-        # stops at the target reward after ~130-150 steps with 0.4-0.8 in its last 20
+        # stops at the target reward after 77-125 steps with a best of 0.58-0.95 in its last 20 (20 seeds)
         best = max(m["critic/explained_variance"] for m in lines[-20:])
-        assert best > 0.3
+        assert best > 0.5
