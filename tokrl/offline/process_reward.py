@@ -145,6 +145,7 @@ class ProcessRewardRun:
 def prepare(cfg: ProcessRewardConfig) -> ProcessRewardRun:
     """Read and check every solution, split by prompt, load the model with a new head."""
     from tokrl.rewards.model import init_reward_model
+    from tokrl.rewards.steps import check_separator
 
     cfg.validate()
     columns = (cfg.prompt_column, cfg.completions_column, cfg.labels_column)
@@ -155,6 +156,7 @@ def prepare(cfg: ProcessRewardConfig) -> ProcessRewardRun:
         train, test = solutions, read_solutions(cfg.test_path, columns, cfg.step_separator)
     torch.manual_seed(cfg.seed)          # the new head's initialisation
     model, tokenizer = init_reward_model(cfg.model, cfg.head, cfg.cache_dir, level="step")
+    check_separator(tokenizer, cfg.step_separator)
     return ProcessRewardRun(cfg, model, tokenizer, train, test)
 
 
