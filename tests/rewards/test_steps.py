@@ -3,6 +3,8 @@ ids, per-token scores that agree with the sequence score, and padding that chang
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -17,6 +19,7 @@ from tokrl.rewards.steps import (
 )
 
 A, B, C, COMMA, EQ = 3, 4, 5, 48, 40          # tiny tokenizer ids of 'a', 'b', 'c', ',', '='
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_join_and_split_by_hand():
@@ -83,3 +86,92 @@ def test_padding_does_not_change_step_scores_and_a_bad_separator_is_refused(prm)
     assert all(0.0 < p < 1.0 for p in batched[1])
     with pytest.raises(ValueError, match="no token for the step separator '\\\\n'"):
         score_steps(model, tokenizer, ["c="], [["ab", "c"]], "\n")      # the tiny tokenizer drops newlines
+
+
+# ---------------------------------------------------------------- a PRM as a dense reward
+
+EOS = 1
+
+
+def test_token_char_ends_and_step_positions_by_hand(tokenizer):
+    from tokrl.rewards.steps import step_token_positions, token_char_ends
+
+    # "ab,c" then EOS: the prefixes decode to "a", "ab", "ab,", "ab,c", "ab,c"
+    assert token_char_ends(tokenizer, [A, B, COMMA, C, EOS]) == [1, 2, 3, 4, 4]
+    # steps (0, 2) "ab" and (3, 4) "c" end at the tokens that write 'b' and 'c'
+    assert step_token_positions([1, 2, 3, 4, 4], [(0, 2), (3, 4)]) == [1, 3]
+    # a token writing two characters ("bc" at 1..3) ends the step whose last character it writes
+    assert step_token_positions([1, 3, 4, 6], [(0, 3), (4, 6)]) == [1, 3]
+
+
+@pytest.fixture(scope="module")
+def prm_dir(tiny_model_dir, tmp_path_factory):
+    """An (untrained) step-level reward model trained with the separator ','."""
+    from tokrl.offline.process_reward import ProcessRewardConfig, prepare, save
+    from tokrl.tasks.data import write_jsonl
+
+    tmp = tmp_path_factory.mktemp("prm")
+    write_jsonl(tmp / "s.jsonl", [{"prompt": "a=", "completions": ["ab", "c"], "labels": [True, False]}] * 2)
+    run = prepare(ProcessRewardConfig(data=str(tmp / "s.jsonl"), model=str(tiny_model_dir), head="scalar_head",
+                                      step_separator=","))
+    torch.nn.init.normal_(run.model.head.linear.weight)
+    save(run, tmp / "prm", {"step_separator": ","})
+    return tmp / "prm"
+
+
+def test_a_prm_pays_each_step_on_its_last_token(prm_dir, tokenizer):
+    from tokrl.rewards import TOKEN, build_reward, call_rewards
+    from tokrl.rewards.model import load_reward_model
+
+    model, prm_tokenizer = load_reward_model(prm_dir, level="step")
+    p1, p2 = score_steps(model, prm_tokenizer, ["c="], [["ab", "c"]], ",")[0]
+    (q,) = score_steps(model, prm_tokenizer, ["c="], [["abc"]], ",")[0]
+    completions, ids = ["ab,c", "abc", ""], [[A, B, COMMA, C, EOS], [A, B, C], [EOS]]
+
+    plain = build_reward({"reward_model": str(prm_dir), "level": "step", "label": "prm"}, tokenizer)
+    assert (plain.name, plain.level) == ("prm", TOKEN)
+    got = call_rewards([plain], ["c="] * 3, completions, ids, {})["prm"]
+    # the separator comes from the PRM (','); no separator: one step; no text: nothing paid
+    assert got[0] == pytest.approx([0.0, p1, 0.0, p2, 0.0], abs=1e-6)
+    assert got[1] == pytest.approx([0.0, 0.0, q], abs=1e-6) and got[2] == [0.0]
+
+    diff = build_reward({"reward_model": str(prm_dir), "level": "step", "differences": True}, tokenizer)
+    got = call_rewards([diff], ["c="] * 3, completions, ids, {})["reward_model"]
+    # p1 − 0 on 'b', p2 − p1 on 'c': the return telescopes to the last step's score
+    assert got[0] == pytest.approx([0.0, p1, 0.0, p2 - p1, 0.0], abs=1e-6)
+    assert sum(got[0]) == pytest.approx(p2, abs=1e-6)
+
+
+def test_step_and_sequence_levels_refuse_each_other(prm_dir, tiny_model_dir, tokenizer, tmp_path):
+    from tokrl.offline.reward_model import RewardModelConfig, prepare, save
+    from tokrl.rewards import RewardError, build_reward
+
+    with pytest.raises(ValueError, match="is a step-level reward model"):
+        build_reward({"reward_model": str(prm_dir)}, tokenizer)
+    save(prepare(RewardModelConfig(data=str(ROOT / "examples" / "prefs.jsonl"), model=str(tiny_model_dir))),
+         tmp_path / "rm", {})
+    with pytest.raises(ValueError, match="is a sequence-level reward model, not a step-level one"):
+        build_reward({"reward_model": str(tmp_path / "rm"), "level": "step"}, tokenizer)
+    with pytest.raises(RewardError, match="level must be sequence or step, got 'token'"):
+        build_reward({"reward_model": str(prm_dir), "level": "token"}, tokenizer)
+    with pytest.raises(RewardError, match="unknown option 'shift'"):
+        build_reward({"reward_model": str(prm_dir), "level": "step", "shift": 1}, tokenizer)
+    with pytest.raises(RewardError, match="needs the policy's tokenizer"):
+        build_reward({"reward_model": str(prm_dir), "level": "step"})
+
+
+def test_rl_with_step_rewards_end_to_end(prm_dir, tiny_model_dir, tmp_path, monkeypatch):
+    import json
+
+    from ..offline.helpers import cli
+
+    monkeypatch.chdir(ROOT)
+    status, stdout, stderr = cli(["train", "examples/reward_model_rl.yaml", f"model.name={tiny_model_dir}",
+                                  f"task.options.rewards=[{{reward_model: {prm_dir}, level: step, step_separator: "
+                                  f"',', differences: true}}, {{name: length, target: 4, weight: 0.1}}]", "train.max_steps=2",
+                                  "train.prompts_per_step=4", "train.eval_samples=4", "train.save_model=false",
+                                  f"train.output_dir={tmp_path / 'run'}", "--quiet"])
+    assert status == 0, stderr
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all("rewards/reward_model" in m and "rewards/length" in m for m in metrics)
+    assert all(0.0 <= m["rewards/reward_model"] <= 1.0 for m in metrics)      # a return telescopes to a p

@@ -132,3 +132,80 @@ def score_steps(model, tokenizer, prompts: list[str], solutions: list[list[str]]
         out += [[next(probs) if p >= 0 else None for p in ps] for ps in positions]
     model.train(was_training)
     return out
+
+
+# ------------------------------------------------------------------------ a PRM as a dense reward
+
+def token_char_ends(tokenizer, ids: list[int]) -> list[int]:
+    """Per policy token, how many characters of the decoded completion it completes: the
+    length of the decoded prefix y_<=t (running maximum, so a token that decodes to
+    nothing yet, such as half a UTF-8 character or EOS, holds the count before it)."""
+    from tokrl.rewards.shaping import prefix_texts
+
+    ends, at = [], 0
+    for text in prefix_texts(tokenizer, ids):
+        at = max(at, len(text))
+        ends.append(at)
+    return ends
+
+
+def step_token_positions(char_ends: list[int], spans: Spans) -> list[int]:
+    """For each step (start, end), the first token whose decoded prefix reaches ``end``:
+    the token that writes the step's last character (the last token if none reaches it).
+
+    >>> step_token_positions([1, 3, 4, 6], [(0, 3), (4, 6)])
+    [1, 3]
+    """
+    out = []
+    for _, end in spans:
+        out.append(next((t for t, e in enumerate(char_ends) if e >= end), len(char_ends) - 1))
+    return out
+
+
+class StepRewardModelReward:
+    """A process reward model directory as a token-level reward: each step of the policy's
+    completion (split on ``step_separator`` in the decoded text) is scored by the PRM, and
+    P(step right) lands on the policy token that writes the step's last character; with
+    ``differences`` it is p_k − p_{k−1} (p_0 = 0), so the return telescopes to the last
+    step's score. A completion without a separator is one step; one without text earns 0.
+    """
+
+    columns: tuple[str, ...] = ()
+
+    def __init__(self, directory, tokenizer, step_separator: str | None = None, differences: bool = False,
+                 batch_size: int = 32, dtype: str = "float32"):
+        import json
+        from pathlib import Path
+
+        from tokrl.rewards.model import INFO_FILE, load_reward_model
+
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"reward_model dtype must be float32 or bfloat16, got {dtype!r}")
+        self.model, self.prm_tokenizer = load_reward_model(directory, level="step")
+        info = json.loads((Path(directory) / INFO_FILE).read_text())
+        self.prm_separator = info.get("step_separator", "\n")           # how the PRM saw steps joined
+        check_separator(self.prm_tokenizer, self.prm_separator)
+        self.separator = self.prm_separator if step_separator is None else step_separator
+        if not self.separator:
+            raise ValueError("the step separator must not be empty")
+        self.tokenizer, self.differences = tokenizer, bool(differences)
+        self.batch_size, self.dtype = batch_size, dtype
+        self.__name__ = "reward_model"
+
+    def __call__(self, prompts: list[str], completions: list[str], completion_ids: list[list[int]],
+                 **kwargs) -> list[list[float]]:
+        from tokrl.rewards.shaping import shape
+
+        spans = [split_steps(text, self.separator) for text in completions]
+        rows = [i for i, s in enumerate(spans) if s]
+        scores = score_steps(self.model, self.prm_tokenizer, [prompts[i] for i in rows],
+                             [[completions[i][a:b] for a, b in spans[i]] for i in rows], self.prm_separator,
+                             self.batch_size, self.dtype)
+        out = [[0.0] * len(ids) for ids in completion_ids]
+        for i, p in zip(rows, scores):
+            # a step cut off by the PRM's context (None) earns 0; with differences it keeps p_{k-1}
+            paid = shape(p) if self.differences else [0.0 if x is None else x for x in p]
+            positions = step_token_positions(token_char_ends(self.tokenizer, completion_ids[i]), spans[i])
+            for t, r in zip(positions, paid):
+                out[i][t] += r                       # two steps ending in one token: both paid there
+        return out
