@@ -175,3 +175,12 @@ def test_rl_with_step_rewards_end_to_end(prm_dir, tiny_model_dir, tmp_path, monk
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all("rewards/reward_model" in m and "rewards/length" in m for m in metrics)
     assert all(0.0 <= m["rewards/reward_model"] <= 1.0 for m in metrics)      # a return telescopes to a p
+    # the samples (and so the report's heatmap strip) hold the step rewards: nonzero only where a step
+    # ends (before a ',' or at the end), plus the length reward on the last token
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert samples
+    for s in samples:
+        ends = {t for t, text in enumerate(s["token_texts"]) if text not in (",", "<eos>")
+                and (t + 1 == len(s["token_texts"]) or s["token_texts"][t + 1] in (",", "<eos>"))}
+        paid = {t for t, r in enumerate(s["rewards"]) if r != 0.0}
+        assert paid <= ends | {len(s["rewards"]) - 1}, s
