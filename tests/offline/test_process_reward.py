@@ -153,8 +153,9 @@ def test_a_prm_learns_to_find_the_first_wrong_step(tiny_model_dir, tmp_path):
     after = summary["test_after"]
     assert after["step_accuracy"] >= after["majority_rate"] + 0.2
     assert after["first_error_found"] >= 0.8 and after["first_error_found_when_wrong"] >= 0.7
+    # the separator defaults to the one the model was trained with
     status, stdout, _ = cli(["reward-model", "eval", str(tmp_path / "prm"), str(tmp_path / "test.jsonl"),
-                             "--level", "step", "--step-separator", ","])
+                             "--level", "step"])
     assert status == 0 and json.loads(stdout)["step_accuracy"] == pytest.approx(after["step_accuracy"])
     print(f"\nPRM held-out step accuracy {summary['test_before']['step_accuracy']:.3f} -> "
           f"{after['step_accuracy']:.3f} (majority {after['majority_rate']:.3f}); first wrong step found "

@@ -234,7 +234,9 @@ def add_step_arguments(p) -> None:
     p.add_argument("--completions-column", default="completions",
                    help="with --level step: the steps, a list of texts or one text joined by --step-separator")
     p.add_argument("--labels-column", default="labels", help="with --level step: one boolean per step")
-    p.add_argument("--step-separator", default="\n", help="with --level step: joins the steps (default newline)")
+    p.add_argument("--step-separator", default=None,
+                   help="with --level step: joins the steps (train: default newline; eval: default the one "
+                        "the model was trained with)")
 
 
 def train_cli(args, fields: dict[str, Any]) -> int:
@@ -242,19 +244,24 @@ def train_cli(args, fields: dict[str, Any]) -> int:
 
     cfg = ProcessRewardConfig(**fields, head=args.head, prompt_column=args.prompt_column,
                               completions_column=args.completions_column, labels_column=args.labels_column,
-                              step_separator=args.step_separator)
+                              step_separator="\n" if args.step_separator is None else args.step_separator)
     return run_command(cfg, args, prepare, fit, save, lambda run: len(run.train), "process-reward-model",
                        lambda m: {"epoch": m["epoch"], "loss": f"{m['loss']:.3f}", "acc": f"{m['accuracy']:.2f}"})
 
 
 def eval_cli(args) -> int:
     """Held-out step numbers of a saved PRM on stepwise data (majority label: the data's own)."""
-    from tokrl.rewards.model import load_reward_model
+    from tokrl.rewards.model import INFO_FILE, load_reward_model
+    from tokrl.rewards.steps import check_separator
 
-    columns = (args.prompt_column, args.completions_column, args.labels_column)
-    solutions = read_solutions(args.data, columns, args.step_separator)
     model, tokenizer = load_reward_model(args.model, level="step")
-    cfg = ProcessRewardConfig(data=args.data, batch_size=args.batch_size, step_separator=args.step_separator)
+    separator = args.step_separator
+    if separator is None:
+        separator = json.loads((Path(args.model) / INFO_FILE).read_text()).get("step_separator", "\n")
+    check_separator(tokenizer, separator)
+    columns = (args.prompt_column, args.completions_column, args.labels_column)
+    solutions = read_solutions(args.data, columns, separator)
+    cfg = ProcessRewardConfig(data=args.data, batch_size=args.batch_size, step_separator=separator)
     labels = [y for _, _, ys in solutions for y in ys]
     result, _ = evaluate_steps(ProcessRewardRun(cfg, model, tokenizer, [], solutions), solutions,
                                sum(labels) * 2 >= len(labels))
