@@ -132,7 +132,9 @@ def test_saved_directory_is_step_level_with_the_same_scores(tiny_model_dir, tmp_
         info = json.loads((tmp_path / head / "reward_model.json").read_text())
         assert (info["kind"], info["level"], info["step_separator"]) == (head, "step", ",")
         held = [json.loads(line) for line in (tmp_path / head / HELDOUT_FILE).read_text().splitlines()]
-        assert len(held) == summary["test_solutions"] and set(held[0]) >= {"first_wrong", "predicted_first_wrong"}
+        assert len(held) == summary["test_solutions"]
+        assert all(r["found"] == (r["first_wrong"] == r["predicted_first_wrong"]) for r in held)
+        assert sum(r["found"] for r in held) / len(held) == pytest.approx(summary["test_after"]["first_error_found"])
         model, tokenizer = load_reward_model(tmp_path / head, level="step")
         args = (["ab="], [["abc", "dz"]], ",")
         expected = score_steps(run.model, run.tokenizer, *args)

@@ -195,6 +195,8 @@ def evaluate_steps(run: ProcessRewardRun, solutions: list[Solution], majority: b
     records = [{"prompt": s[0], "labels": ys, "scores": torch.sigmoid(torch.tensor(xs)).tolist(),
                 "first_wrong": first_wrong(ys), "predicted_first_wrong": first_wrong([x > 0 for x in xs])}
                for s, xs, ys in zip(solutions, logits, labels)]
+    for r in records:
+        r["found"] = r["first_wrong"] == r["predicted_first_wrong"]
     return {**step_metrics(logits, labels, majority), "loss": float(loss)}, records
 
 
