@@ -26,9 +26,10 @@ def test_join_and_split_by_hand():
     assert join_steps(["ab", "c", "de"], ", ") == ("ab, c, de", [(0, 2), (4, 5), (7, 9)])
     with pytest.raises(ValueError, match="step 2 of 2 is empty"):
         join_steps(["ab", ""], ",")
-    # empty pieces are no steps; a text without a separator is one step
+    # empty and blank pieces are no steps; a text without a separator is one step
     assert split_steps("ab\n\nc\n", "\n") == [(0, 2), (4, 5)]
-    assert split_steps("abc", "\n") == [(0, 3)] and split_steps("\n\n", "\n") == []
+    assert split_steps("ab\n \nc", "\n") == [(0, 2), (5, 6)]
+    assert split_steps("abc", "\n") == [(0, 3)] and split_steps("\n \n", "\n") == []
 
 
 def test_last_tokens_by_hand():

@@ -41,17 +41,17 @@ def join_steps(steps: list[str], separator: str) -> tuple[str, Spans]:
 
 
 def split_steps(text: str, separator: str) -> Spans:
-    """Character spans of the non-empty pieces of ``text`` between separators (a text
-    without a separator is one step; a text of only separators has none).
+    """Character spans of the pieces of ``text`` between separators that hold more than
+    whitespace (a text without a separator is one step; a blank text has none).
 
-    >>> split_steps("ab\\n\\nc\\n", "\\n")
-    [(0, 2), (4, 5)]
+    >>> split_steps("ab\\n \\nc\\n", "\\n")
+    [(0, 2), (5, 6)]
     """
     if not separator:
         raise ValueError("the step separator must not be empty")
     spans, at = [], 0
     for piece in text.split(separator):
-        if piece:
+        if piece.strip():                     # a blank line between steps is no step
             spans.append((at, at + len(piece)))
         at += len(piece) + len(separator)
     return spans
