@@ -62,7 +62,7 @@ def split_by_prompt(solutions: list[Solution], test_fraction: float, seed: int
     from tokrl.tasks.data import split_rows
 
     prompts = list(dict.fromkeys(s[0] for s in solutions))
-    train_prompts, test_prompts = split_rows([{"p": p} for p in prompts], test_fraction, seed)
+    _, test_prompts = split_rows([{"p": p} for p in prompts], test_fraction, seed)
     held = {r["p"] for r in test_prompts}
     return [s for s in solutions if s[0] not in held], [s for s in solutions if s[0] in held]
 
@@ -83,7 +83,7 @@ def step_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def first_wrong(right: list[bool]) -> int | None:
-    """Index of the first False, or None.  >>> first_wrong([True, False, False])  → 1"""
+    """Index of the first False, or None: first_wrong([True, False, False]) == 1."""
     return next((k for k, ok in enumerate(right) if not ok), None)
 
 
