@@ -39,6 +39,7 @@ from tokrl.tasks import Task
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "reinforce.yaml"
+PREFS = ROOT / "examples" / "prefs.jsonl"
 
 
 # ---------------------------------------------------------------- fixtures
@@ -189,6 +190,29 @@ def probe_task(mode: str) -> Case:
 
 def with_(case: Case, *expect: str) -> Case:
     return dataclasses.replace(case, expect=expect)
+
+
+def save_reward_model(level: str) -> Callable[[Ctx], None]:
+    """An untrained reward model of ``level`` saved at {tmp}/rm, and a stepwise file {tmp}/steps.jsonl."""
+    def setup(ctx: Ctx) -> None:
+        from tokrl.offline import process_reward, reward_model
+
+        ctx.file("steps.jsonl", '{"prompt": "ab=", "completions": ["ab", "c"], "labels": [true, false]}\n' * 4)
+        if level == "step":
+            cfg = process_reward.ProcessRewardConfig(data=str(ctx.tmp / "steps.jsonl"), model=str(ctx.model),
+                                                     step_separator=",")
+            process_reward.save(process_reward.prepare(cfg), ctx.tmp / "rm", {})
+        else:
+            cfg = reward_model.RewardModelConfig(data=str(PREFS), model=str(ctx.model))
+            reward_model.save(reward_model.prepare(cfg), ctx.tmp / "rm", {})
+    return setup
+
+
+def reward_model_recipe(ctx: Ctx) -> list[str]:
+    """The shipped reward-model recipe with {tmp}/rm as its reward."""
+    return ctx.train(f"task.options.path={ROOT / 'examples' / 'letter_prompts.jsonl'}",
+                     f"task.options.rewards=[{{reward_model: {ctx.tmp / 'rm'}}}]",
+                     recipe=ROOT / "examples" / "reward_model_rl.yaml")
 
 
 def edit_json(name: str, drop: str) -> Callable[[Path], None]:
@@ -356,6 +380,33 @@ CASES = [
     pytest.param(with_(probe_task("none"), "task probe"), id="reward-returns-none"),
     pytest.param(with_(probe_task("scalar"), "task probe"), id="reward-returns-a-number-not-a-list"),
     pytest.param(with_(probe_task("text"), "task probe"), id="reward-returns-strings"),
+
+    # -------------------------------------------------------------- reward models: sequence and step level
+    pytest.param(Case(lambda ctx: ["reward-model", "train", str(ctx.tmp / "steps.jsonl"), "--level", "step",
+                                   "--model", str(ctx.model), "--output", str(ctx.out), "--step-separator", ",",
+                                   "--quiet"],
+                      ("steps.jsonl: row 2: 2 steps in 'completions' but 1 labels in 'labels'",),
+                      setup=lambda ctx: ctx.file("steps.jsonl", '{"prompt": "a=", "completions": ["a", "b"], '
+                                                 '"labels": [true, false]}\n{"prompt": "b=", "completions": '
+                                                 '["a", "b"], "labels": [true]}\n')),
+                 id="prm-labels-and-completions-differ-in-length"),
+    pytest.param(Case(lambda ctx: ["reward-model", "train", str(ctx.tmp / "steps.jsonl"), "--level", "step",
+                                   "--model", str(ctx.model), "--output", str(ctx.out), "--quiet"],
+                      ("no token for the step separator '\\n'", "--step-separator"),
+                      setup=save_reward_model("sequence")),
+                 id="prm-separator-the-tokenizer-drops"),
+    pytest.param(Case(reward_model_recipe, ("{tmp}/rm is a step-level reward model (a PRM)", "level: step"),
+                      setup=save_reward_model("step")),
+                 id="prm-used-as-a-sequence-reward"),
+    pytest.param(Case(lambda ctx: ["reward-model", "eval", str(ctx.tmp / "rm"), str(PREFS)],
+                      ("{tmp}/rm is a step-level reward model",), setup=save_reward_model("step"),
+                      watch=lambda ctx: ctx.tmp / "rm"),
+                 id="prm-evaluated-on-pairs"),
+    pytest.param(Case(lambda ctx: ["reward-model", "eval", str(ctx.tmp / "rm"), str(ctx.tmp / "steps.jsonl"),
+                                   "--level", "step", "--step-separator", ","],
+                      ("{tmp}/rm is a sequence-level reward model, not a step-level one",
+                       "--level step"), setup=save_reward_model("sequence"), watch=lambda ctx: ctx.tmp / "rm"),
+                 id="sequence-reward-model-evaluated-as-a-prm"),
 
     # -------------------------------------------------------------- the run directory
     pytest.param(Case(lambda ctx: ctx.train(f"train.output_dir={ctx.run}"), ("run directory {run} already exists", "--overwrite"),

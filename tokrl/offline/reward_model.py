@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tokrl.offline.fit import FitConfig, add_fit_arguments, fit_fields, record, run_command, run_epochs
+from tokrl.offline import process_reward
+from tokrl.offline.process_reward import add_step_arguments, add_steps_data_command
 
 
 @dataclass
@@ -150,14 +152,19 @@ def add_command(subparsers) -> None:
     p = subparsers.add_parser("reward-model", help="train or evaluate a learned reward model")
     sub = p.add_subparsers(dest="reward_model_command", required=True)
 
-    t = sub.add_parser("train", help="fit a Bradley-Terry reward model on preference pairs")
-    add_fit_arguments(t, "JSONL, CSV or Parquet with prompt, chosen and rejected columns", "runs/reward_model",
-                      epochs=1)
+    t = sub.add_parser("train", help="fit a Bradley-Terry reward model on preference pairs, or with "
+                                     "--level step a process reward model on stepwise data")
+    add_fit_arguments(t, "JSONL, CSV or Parquet with prompt, chosen and rejected columns (--level step: "
+                         "prompt, completions, labels)", "runs/reward_model", epochs=1)
     t.add_argument("--head", default="classifier", choices=["classifier", "scalar_head"],
                    help="classifier: AutoModelForSequenceClassification; scalar_head: causal LM + linear head")
     t.add_argument("--prompt-column", default="prompt")
     t.add_argument("--chosen-column", default="chosen")
     t.add_argument("--rejected-column", default="rejected")
+    t.add_argument("--level", default="sequence", choices=["sequence", "step"],
+                   help="sequence: Bradley-Terry on pairs; step: a process reward model on stepwise data "
+                        "(prompt, completions, labels), one score per step")
+    add_step_arguments(t)
     t.set_defaults(func=_train_cli)
 
     e = sub.add_parser("eval", help="held-out pairwise accuracy of a reward model, as JSON")
@@ -167,10 +174,16 @@ def add_command(subparsers) -> None:
     e.add_argument("--chosen-column", default="chosen")
     e.add_argument("--rejected-column", default="rejected")
     e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--level", default="sequence", choices=["sequence", "step"],
+                   help="step: held-out step accuracy of a process reward model on stepwise data")
+    add_step_arguments(e)
     e.set_defaults(func=_eval_cli)
+    add_steps_data_command(sub)
 
 
 def _train_cli(args: argparse.Namespace) -> int:
+    if args.level == "step":
+        return process_reward.train_cli(args, fit_fields(args))
     cfg = RewardModelConfig(**fit_fields(args), head=args.head, prompt_column=args.prompt_column,
                             chosen_column=args.chosen_column, rejected_column=args.rejected_column)
     return run_command(cfg, args, prepare, fit, save, lambda run: len(run.train), "reward-model",
@@ -181,6 +194,8 @@ def _eval_cli(args: argparse.Namespace) -> int:
     from tokrl.tasks.data import read_rows, require_columns
     from tokrl.rewards.model import load_reward_model
 
+    if args.level == "step":
+        return process_reward.eval_cli(args)
     columns = [args.prompt_column, args.chosen_column, args.rejected_column]
     rows = read_rows(args.data)
     require_columns(rows, columns, args.data, "--prompt-column / --chosen-column / --rejected-column")

@@ -4,6 +4,8 @@
     {"fn": "my_rewards:score", "weight": 0.5}                     a user function by import path
     {"fn": "path/to/file.py:score"}                               ... or from a Python file
     {"reward_model": "runs/rm", "batch_size": 32}                 a learned reward model directory
+    {"reward_model": "runs/prm", "level": "step", "step_separator": "\n"}
+                                                                  a process reward model: step scores, dense
 
 Keys every kind accepts:
 
@@ -13,7 +15,10 @@ Keys every kind accepts:
 - ``shaped`` (false): pay a sequence-level reward densely by potential-based
   shaping, scoring every prefix (``tokrl.rewards.shaping``)
 
-For ``fn``: ``level`` (sequence or token), ``conversational`` (TRL's message
+For ``reward_model``: ``level`` (sequence, or step for a process reward model, with
+``step_separator`` (default: the one it was trained with) and ``differences`` (pay
+p_k − p_{k−1}, so the return telescopes to the last step's score)), ``batch_size``,
+``dtype``. For ``fn``: ``level`` (sequence or token), ``conversational`` (TRL's message
 format) and any other key is passed to the function as a keyword argument on
 every call. For a built-in, the other keys are the factory's options.
 """
@@ -29,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tokrl.rewards.base import LEVELS, SEQUENCE, Reward, RewardError
+from tokrl.rewards.base import LEVELS, SEQUENCE, TOKEN, Reward, RewardError
 from tokrl.rewards.builtin import BUILTIN
 from tokrl.rewards.shaping import shaped
 
@@ -140,16 +145,33 @@ def build_reward(spec: dict[str, Any], tokenizer=None) -> Reward:
             fn = _bind(fn, options, spec["fn"])
         reward = Reward(name=label, fn=fn, weight=weight, level=level, conversational=bool(conversational))
     else:
-        from tokrl.rewards.model import RewardModelReward
-
-        _check_options(RewardModelReward, options, "reward_model", given=("directory",))
-        fn = RewardModelReward(spec["reward_model"], **options)
-        reward = Reward(name=spec.get("label", "reward_model"), fn=fn, weight=weight)
+        reward = _reward_model(spec, options, weight, tokenizer)
     if spec.get("shaped", False):
         if tokenizer is None:
             raise RewardError(f"reward {reward.name!r}: shaping needs the policy's tokenizer")
         reward = shaped(reward, tokenizer)
     return reward
+
+
+def _reward_model(spec: dict[str, Any], options: dict[str, Any], weight: float, tokenizer) -> Reward:
+    """``{reward_model: DIR}``: sequence level (one score per completion), or with ``level: step``
+    a process reward model's step scores as a token-level reward (``tokrl.rewards.steps``)."""
+    level = options.pop("level", "sequence")
+    label = spec.get("label", "reward_model")
+    if level == "sequence":
+        from tokrl.rewards.model import RewardModelReward
+
+        _check_options(RewardModelReward, options, "reward_model", given=("directory",))
+        return Reward(name=label, fn=RewardModelReward(spec["reward_model"], **options), weight=weight)
+    if level != "step":
+        raise RewardError(f"reward_model {spec['reward_model']}: level must be sequence or step, got {level!r}")
+    if tokenizer is None:
+        raise RewardError(f"reward {label!r}: a step-level reward model needs the policy's tokenizer")
+    from tokrl.rewards.steps import StepRewardModelReward
+
+    _check_options(StepRewardModelReward, options, "reward_model (level: step)", given=("directory", "tokenizer"))
+    fn = StepRewardModelReward(spec["reward_model"], tokenizer, **options)
+    return Reward(name=label, fn=fn, weight=weight, level=TOKEN)
 
 
 def _bind(fn: Callable, options: dict[str, Any], path: str) -> Callable:
