@@ -22,6 +22,7 @@ from tokrl.training import distributed  # noqa: E402
 from tokrl.config import load_config  # noqa: E402
 from tokrl.training.loop import train, train_step  # noqa: E402
 from tokrl.training.state import build_state  # noqa: E402
+from tests.training.helpers import run_metrics  # noqa: E402
 
 
 def weights(state) -> dict[str, torch.Tensor]:
@@ -41,8 +42,7 @@ def steps(cfg, n: int) -> dict:
     for _ in range(n):
         m, batch = train_step(state, cfg)
         tokens.append(batch.tokens)
-        # timings and memory measure the machine, not the run
-        metrics.append({k: v for k, v in m.items() if not k.startswith(("time/", "memory/"))})
+        metrics.append(run_metrics(m))
     reference = state.reference.model if state.reference is not None else None
     sharded = {"policy": distributed.is_sharded(state.learner.model),
                "reference": reference is not None and distributed.is_sharded(reference)}

@@ -19,6 +19,8 @@ from tokrl.tasks import TASKS, TargetMatch
 from tokrl.training.loop import train_step
 from tokrl.training.state import build_state
 
+from .helpers import run_metrics
+
 RECIPE = "configs/reinforce.yaml"
 
 
@@ -169,9 +171,8 @@ def final_weights(run_dir: Path):
 
 
 def logged(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without the timings (which no two runs share)."""
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """metrics.jsonl without the timings and memory (which no two runs share)."""
+    return [run_metrics(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 # dynamic sampling: refill rounds draw more prompts inside a step (the tiny model's groups mostly agree)

@@ -10,7 +10,7 @@ from tokrl.config import load_config
 from tokrl.training.loop import train, train_step
 from tokrl.training.state import build_state
 
-from .helpers import RECIPE, params_of, small_config
+from .helpers import RECIPE, params_of, run_metrics, small_config
 
 
 @pytest.mark.slow
@@ -65,8 +65,7 @@ def test_same_seed_same_weights(tiny_model_dir, tmp_path):
         runs.append((params_of(result["state"]), (tmp_path / name / "run" / "metrics.jsonl").read_text()))
     for a, b in zip(runs[0][0], runs[1][0]):
         assert torch.equal(a, b)
-    strip = lambda text: [{k: v for k, v in json.loads(l).items() if not k.startswith(("time/", "memory/"))}
-                          for l in text.splitlines()]
+    strip = lambda text: [run_metrics(json.loads(line)) for line in text.splitlines()]
     assert strip(runs[0][1]) == strip(runs[1][1])
 
 
