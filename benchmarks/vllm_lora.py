@@ -93,29 +93,30 @@ def child(args) -> dict:
                       max_num_batched_tokens=max(context, 2048), enable_chunked_prefill=False,
                       enable_lora=True, max_lora_rank=cfg.model.lora_rank, max_loras=1)
     set_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="vllm-lora-"))
-    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
-    g = torch.Generator().manual_seed(1)
-    push, gen = [], []
-    for step in range(args.steps + 1):                       # step 0 is the warm-up
-        with torch.no_grad():                                # an optimizer step's worth of change
-            for p in lora_b:
-                p.add_(torch.randn(p.shape, generator=g) * 1e-3)
-        with Clock() as c_push:
-            if args.child == "merged":
-                engine.sync(model)
-                request = None
-            else:
-                model.save_pretrained(work / f"step{step}")
-                request = LoRARequest(f"step{step}", step + 1, str(work / f"step{step}"))
-        with Clock() as c_gen:
-            outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False,
-                                lora_request=request)
-        tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-        if step:
-            push.append(c_push.wall)
-            gen.append(c_gen.wall)
-        log(f"  {args.child} step {step}: push {c_push.wall:.3f} s, generate {c_gen.wall:.3f} s ({tokens} tokens)")
+    with tempfile.TemporaryDirectory(prefix="vllm-lora-") as tmp:       # the adapters saved each step
+        work = Path(tmp)
+        lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+        g = torch.Generator().manual_seed(1)
+        push, gen = [], []
+        for step in range(args.steps + 1):                       # step 0 is the warm-up
+            with torch.no_grad():                                # an optimizer step's worth of change
+                for p in lora_b:
+                    p.add_(torch.randn(p.shape, generator=g) * 1e-3)
+            with Clock() as c_push:
+                if args.child == "merged":
+                    engine.sync(model)
+                    request = None
+                else:
+                    model.save_pretrained(work / f"step{step}")
+                    request = LoRARequest(f"step{step}", step + 1, str(work / f"step{step}"))
+            with Clock() as c_gen:
+                outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False,
+                                    lora_request=request)
+            tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+            if step:
+                push.append(c_push.wall)
+                gen.append(c_gen.wall)
+            log(f"  {args.child} step {step}: push {c_push.wall:.3f} s, generate {c_gen.wall:.3f} s ({tokens} tokens)")
     return {"startup_s": start.wall, "push_s": push, "generate_s": gen,
             "step_s": [a + b for a, b in zip(push, gen)], "tokens": tokens}
 
