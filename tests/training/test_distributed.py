@@ -3,7 +3,8 @@
 Two processes with the same global batch and seed make the same update as one
 process (DDP and FSDP2, REINFORCE / PPO / GRPO, LoRA, GRPO with activation
 checkpointing, GRPO with dynamic sampling), a two-process run resumes from its checkpoint
-as if never stopped, and `torchrun -m tokrl train` works end to end. The multi-process
+as if never stopped, and `torchrun -m tokrl train` works end to end (with
+tokrl's engine, and with a vLLM engine in each process). The multi-process
 runs start real processes: tests/training/distributed_worker.py joined through the
 torchrun environment variables, and torchrun itself for the CLI.
 
@@ -259,3 +260,16 @@ def test_one_process_never_joins_a_process_group(tiny_model_dir, tmp_path):
     assert not torch.distributed.is_initialized()
     assert state.learner.wrapped_model is None and state.learner.wrapped_head is None
     assert distributed.world_size() == 1 and distributed.is_main()
+
+
+@pytest.mark.slow
+def test_torchrun_with_the_vllm_engine_runs_an_engine_in_each_process(tiny_model_dir, tmp_path):
+    # each process samples its share of the prompts with its own colocated engine; rank 0 logs
+    run = tmp_path / "run"
+    done = torchrun(["train", "configs/grpo.yaml", f"model.name={tiny_model_dir}", "rollout.engine=vllm",
+                     "rollout.vllm_memory=0.05", "train.prompts_per_step=4", "train.max_steps=2",
+                     "train.eval_samples=4", "train.save_model=false", f"train.output_dir={run}", "--quiet"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    assert all(m["rollout/mismatch_kl"] < 1e-3 for m in lines)     # the engines follow the pushed weights
