@@ -69,7 +69,7 @@ def build(args):
 def child(args) -> dict:
     import torch
 
-    from tokrl.generation.vllm_engine import MIN_CONTEXT, VLLMEngine, import_vllm
+    from tokrl.generation.vllm_engine import VLLMEngine, engine_options, import_vllm, run_context
     from tokrl.models.pretrained import resolve_model
 
     import_vllm()                                     # tokrl's environment for vLLM: in this process, quiet
@@ -86,12 +86,9 @@ def child(args) -> dict:
             llm = engine.llm
         else:
             # the options VLLMEngine builds with, plus vLLM's LoRA support
-            context = max(max(map(len, prompts)) + args.new_tokens, MIN_CONTEXT)
-            llm = LLM(model=str(directory), dtype="bfloat16", skip_tokenizer_init=True, seed=cfg.train.seed,
-                      logprobs_mode="processed_logprobs", enforce_eager=True, enable_prefix_caching=True,
-                      kv_cache_memory_bytes=int(cfg.rollout.vllm_memory * 2**30), max_model_len=context,
-                      max_num_batched_tokens=max(context, 2048), enable_chunked_prefill=False,
-                      enable_lora=True, max_lora_rank=cfg.model.lora_rank, max_loras=1)
+            context = run_context(directory, cfg, max(map(len, prompts)))
+            llm = LLM(**engine_options(directory, cfg, context), enable_lora=True,
+                      max_lora_rank=cfg.model.lora_rank, max_loras=1)
     set_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="vllm-lora-") as tmp:       # the adapters saved each step
         work = Path(tmp)

@@ -84,22 +84,9 @@ class VLLMEngine:
 
     def __init__(self, directory: Path, cfg: Config, rows: int = 0, prompt_tokens: int = 0):
         vllm = import_vllm()
-        from transformers import AutoConfig
-
         self.dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
-        model_context = getattr(AutoConfig.from_pretrained(directory), "max_position_embeddings", None)
-        # the run's longest sequence, not the model's whole context (SmolLM2: 8192), bounds what the
-        # KV cache must hold for one sequence and the batch vLLM profiles at start
-        self.max_context = min(x for x in (model_context, max(prompt_tokens + cfg.sampling.max_new_tokens,
-                                                              MIN_CONTEXT)) if x)
-        options = dict(model=str(directory), dtype="bfloat16" if self.dtype == torch.bfloat16 else "float32",
-                       skip_tokenizer_init=True, logprobs_mode="processed_logprobs", seed=cfg.train.seed,
-                       enforce_eager=not cfg.rollout.vllm_compile, enable_prefix_caching=True,
-                       kv_cache_memory_bytes=int(cfg.rollout.vllm_memory * 2**30), use_tqdm_on_load=False,
-                       max_model_len=self.max_context, max_num_batched_tokens=max(self.max_context, 2048),
-                       # a prompt split across steps rewinds its row's seeded generator, which a CPU
-                       # generator cannot do ("CPU Generator does not use offset"): prefill whole prompts
-                       enable_chunked_prefill=False)
+        self.max_context = run_context(directory, cfg, prompt_tokens)
+        options = engine_options(directory, cfg, self.max_context)
         memory = f"rollout.vllm_memory={cfg.rollout.vllm_memory} GiB"
         self.llm = shared_llm(vllm, options, f"vLLM cannot serve {directory} with {memory}",
                               f"{memory} cannot hold one sequence of {self.max_context} tokens; "
@@ -163,6 +150,29 @@ class VLLMEngine:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": merged_weights(model, self.dtype),
                                                              "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
+
+
+def run_context(directory: Path, cfg: Config, prompt_tokens: int) -> int:
+    """The longest sequence an engine for this run holds: the run's longest (prompt_tokens +
+    sampling.max_new_tokens, at least MIN_CONTEXT), within the model's context. Not the
+    model's whole context (SmolLM2: 8192): it bounds what the KV cache must hold for one
+    sequence and the batch vLLM profiles at start."""
+    from transformers import AutoConfig
+
+    model_context = getattr(AutoConfig.from_pretrained(directory), "max_position_embeddings", None)
+    return min(x for x in (model_context, max(prompt_tokens + cfg.sampling.max_new_tokens, MIN_CONTEXT)) if x)
+
+
+def engine_options(directory: Path, cfg: Config, max_context: int) -> dict:
+    """The keyword arguments of ``vllm.LLM`` for a run's engine (``max_context``: run_context)."""
+    return dict(model=str(directory), dtype="bfloat16" if cfg.model.dtype == "bfloat16" else "float32",
+                skip_tokenizer_init=True, logprobs_mode="processed_logprobs", seed=cfg.train.seed,
+                enforce_eager=not cfg.rollout.vllm_compile, enable_prefix_caching=True,
+                kv_cache_memory_bytes=int(cfg.rollout.vllm_memory * 2**30), use_tqdm_on_load=False,
+                max_model_len=max_context, max_num_batched_tokens=max(max_context, 2048),
+                # a prompt split across steps rewinds its row's seeded generator, which a CPU
+                # generator cannot do ("CPU Generator does not use offset"): prefill whole prompts
+                enable_chunked_prefill=False)
 
 
 _LIVE: dict[str, object] = {}
