@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tokrl.runs.health import (PATIENCE, RISE_WINDOW, SPIKE_MIN_HISTORY, Limits, Tracker, entropy_collapsed,
-                               grad_spike, replay)
+from tokrl.runs.health import (PATIENCE, RISE_WINDOW, SPIKE_MIN_HISTORY, TREND_WINDOW, Limits, Tracker,
+                               entropy_collapsed, grad_spike, replay)
 from tokrl.runs.report import write_report
 
 from .test_report import write_run
@@ -17,12 +17,11 @@ B = 16
 
 
 def records(n: int, **overrides) -> list[dict]:
-    """n healthy steps: flat moving-average reward 0.3 (a stall once the first high is
-    RISE_WINDOW steps old), entropy 2.0, every group informative, gradient norm 1.0, KL 1
+    """n healthy steps: flat reward 0.3 (a stall once the first high is RISE_WINDOW steps old), entropy 2.0, every group informative, gradient norm 1.0, KL 1
     nat per sequence, no completion at the cap. An override is a function of the step."""
     out = []
     for s in range(1, n + 1):
-        record = {"step": s, "reward/moving_avg": 0.3, "policy/entropy": 2.0, "groups/informative": float(B),
+        record = {"step": s, "reward/mean": 0.3, "reward/moving_avg": 0.3, "policy/entropy": 2.0, "groups/informative": float(B),
                   "groups/zero_signal_frac": 0.0, "advantage/zero_rows_frac": 0.0, "optim/grad_norm": 1.0,
                   "kl/ref_per_seq": 1.0, "completion/at_cap_frac": 0.0}
         record.update({k: f(s) for k, f in overrides.items()})
@@ -60,12 +59,13 @@ def test_a_90_percent_drop_is_a_collapse_above_the_floor():
     assert kinds(got) == {"entropy_collapse": (12, 20)}
 
 
-@pytest.mark.parametrize("progress", ["rising moving average", "target reached", "held-out rising"])
+@pytest.mark.parametrize("progress", ["rising reward", "target reached", "held-out rising"])
 def test_no_collapse_warning_while_the_run_succeeds(progress):
     collapse = {"policy/entropy": lambda s: 2.0 if s < 10 else 0.05}
-    if progress == "rising moving average":
-        # +0.03 a step: a new high (>= RISE 0.02 above the last) every step
-        run, limits = records(30, **collapse, **{"reward/moving_avg": lambda s: 0.03 * s}), LIMITS
+    if progress == "rising reward":
+        # +0.03 a step: the mean of the last TREND_WINDOW rewards sets a new high (>= RISE 0.02
+        # above the last) every step
+        run, limits = records(30, **collapse, **{"reward/mean": lambda s: 0.03 * s}), LIMITS
     elif progress == "target reached":
         run, limits = records(30, **collapse), Limits(prompts_per_step=B, target_reward=0.3)
     else:
@@ -76,6 +76,24 @@ def test_no_collapse_warning_while_the_run_succeeds(progress):
                for r in records(30, **collapse)]
         limits = LIMITS
     assert replay(run, limits) == []
+
+
+def test_progress_is_judged_on_recent_rewards_not_on_the_lagging_moving_average():
+    # reward 0.3, then 0.5 from step 5 on; its EMA (decay 0.9) is still climbing at step 30.
+    # Means of the last TREND_WINDOW = 5 rewards: 0.34, 0.38, 0.42, 0.46, 0.50 at steps 5..9,
+    # each a new high by >= RISE, then flat: progressing until step 18 (9 + RISE_WINDOW - 1).
+    # Entropy collapses from step 10: the warning fires at step 19, dated to step 10.
+    assert TREND_WINDOW == 5
+    ema = [0.3]
+    for s in range(2, 31):
+        ema.append(0.9 * ema[-1] + 0.1 * (0.3 if s < 5 else 0.5))
+    assert all(b > a for a, b in zip(ema[4:], ema[5:]))            # the EMA never stops rising
+    run = records(30, **{"reward/mean": lambda s: 0.3 if s < 5 else 0.5, "reward/moving_avg": lambda s: ema[s - 1],
+                         "policy/entropy": lambda s: 2.0 if s < 10 else 0.05})
+    tracker = Tracker(LIMITS)
+    fired_at = [r["step"] for r in run for w in tracker.observe(r)]
+    assert fired_at == [19]
+    assert kinds(tracker.warnings()) == {"entropy_collapse": (10, 30)}
 
 
 def test_low_entropy_for_fewer_steps_than_the_patience_is_not_a_collapse():
@@ -149,7 +167,7 @@ def test_no_kl_warning_without_a_reference_or_under_the_bound():
 def test_completions_pinned_at_the_cap_warn_even_while_the_reward_rises():
     # 95% >= 90% at the cap from step 1, rising reward: not a stall warning, fires at step 5
     got = replay(records(9, **{"completion/at_cap_frac": lambda s: 0.95,
-                               "reward/moving_avg": lambda s: 0.1 * s}), LIMITS)
+                               "reward/mean": lambda s: 0.1 * s}), LIMITS)
     assert kinds(got) == {"length_cap": (1, 9)}
     assert "sampling.max_new_tokens=8" in got[0].message
 
