@@ -87,6 +87,8 @@ def _train(args: argparse.Namespace) -> int:
         summary = {"run_dir": str(run_dir), "steps": result["steps"], "stopped_early": result["stopped_early"],
                    "eval_before": result["eval_before"], "eval_after": result["eval_after"],
                    "held_out_change": _held_out_change(run_dir)}
+        if result["warm_start"] is not None:
+            summary["warm_start"] = result["warm_start"]
         print(json.dumps(summary, indent=2))
     return 0
 

@@ -194,6 +194,20 @@ def test_a_run_with_kl_plots_it(tmp_path):
     png_size(run_dir / CURVES_PNG)
 
 
+def test_a_warm_started_run_shows_the_warm_start_beside_the_held_out_reward(tmp_path):
+    run_dir = write_run(tmp_path / "run", metrics=metrics_records(10, kl=False),
+                        eval=[{"step": 0, "reward": 0.3, "solved": 0.0, "n": 64},
+                              {"step": 10, "reward": 0.9, "solved": 0.8, "n": 64}])
+    (run_dir / "warm_start.json").write_text(json.dumps(
+        {"demonstrations": 336, "epochs": 1, "steps": 42, "loss_first": 3.767, "loss_last": 0.048, "seconds": 61.2,
+         "eval_after": {"reward": 0.84375, "solved": 0.84375, "n": 64}}))
+    page = Page(write_report(run_dir).read_text(encoding="utf-8"))
+    cards = [e["text"] for e in page.find("div", "fact")]
+    card = next(text for text in cards if text.strip().startswith("After warm start"))
+    assert "reward 0.84 · solved 84%" in card
+    assert "336 demonstrations × 1 epochs · loss 3.767 → 0.048 · 61 s" in card
+
+
 def test_missing_files_and_keys_still_make_a_report(tmp_path):
     # metrics without entropy or KL keys, no eval, no samples, no config
     run_dir = write_run(tmp_path / "run", metrics=[{"step": 1, "reward/mean": 0.5}, {"step": 2, "reward/mean": 0.7}])

@@ -30,3 +30,10 @@ def test_arithmetic_splits_are_disjoint_and_answers_right(tokenizer):
         Arithmetic(tokenizer, op="/")
     with pytest.raises(ValueError, match="num_test"):
         Arithmetic(tokenizer, digits=1, num_test=100)
+
+
+def test_the_demonstration_is_the_number_alone_and_scores_full_marks(tokenizer):
+    task = Arithmetic(tokenizer, num_train=10, num_test=5)
+    for example in task.examples("train"):
+        assert task.demonstration(example) == example["answer"]
+        assert task.score(example["answer"], task.demonstration(example)) == 1.0

@@ -25,13 +25,14 @@ from tokrl.config.sections import (
     SamplingConfig,
     TaskConfig,
     TrainConfig,
+    WarmStartConfig,
 )
 from tokrl.config.yaml_io import apply_override, from_dict, merge, parse_yaml, to_dict
 from tokrl.errors import ConfigError
 from tokrl.kl import KLConfig
 
 __all__ = ["AlgoConfig", "Config", "ConfigError", "DistConfig", "KLConfig", "LogConfig", "ModelConfig", "OptimConfig",
-           "RolloutConfig", "SamplingConfig", "TaskConfig", "TrainConfig", "apply_override", "from_dict", "load_config",
+           "RolloutConfig", "SamplingConfig", "TaskConfig", "TrainConfig", "WarmStartConfig", "apply_override", "from_dict", "load_config",
            "parse_yaml", "to_dict", "validate"]
 
 
@@ -44,6 +45,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dist: DistConfig = field(default_factory=DistConfig)
@@ -113,6 +115,15 @@ def validate(cfg: Config) -> None:
     _check(cfg.dist.strategy in ("ddp", "fsdp"), f"dist.strategy: {cfg.dist.strategy!r} is not ddp or fsdp")
     _check(cfg.task.name.strip() != "", "task.name must name a task (e.g. target_match)")
     _check(cfg.model.device in ("auto", "cpu", "cuda"), f"model.device: {cfg.model.device!r} is not auto, cpu or cuda")
+    w = cfg.warm_start
+    _check(w.epochs >= 0 and w.batch_size >= 1 and w.lr > 0,
+           "warm_start needs epochs >= 0 (0: off), batch_size >= 1 and lr > 0")
+    _check(not (w.epochs and cfg.kl.coef > 0),
+           "warm_start with kl.coef > 0: the KL reference would be the model before the warm start; "
+           "run `tokrl sft` first and start RL from its output (model.name), or set kl.coef=0")
+    _check(not (w.epochs and cfg.dist.strategy == "fsdp"),
+           "warm_start fits the whole policy on each process; with dist.strategy=fsdp run `tokrl sft` first "
+           "and start RL from its output (model.name)")
     r = cfg.rollout
     _check(r.engine in ("tokrl", "vllm"), f"rollout.engine: {r.engine!r} is not tokrl or vllm")
     _check(r.vllm_memory > 0, "rollout.vllm_memory must be > 0 (GiB of KV cache for vLLM)")

@@ -85,6 +85,20 @@ class OptimConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    epochs: int = 0
+    """the supervised warm start: passes over the task's demonstrations (a right completion of
+    each train-split prompt, written by the task) fitted by maximum likelihood before the
+    first RL step, so RL starts from a policy that already answers in the expected format
+    (0: off). Runs once, after the evaluation before training; the held-out evaluation after
+    it is written to warm_start.json. Only tasks that write demonstrations (arithmetic) take it"""
+    lr: float = 1e-3
+    """its AdamW learning rate (its own optimizer: RL's starts fresh afterwards)"""
+    batch_size: int = 8
+    """demonstrations per optimizer step"""
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0
     """seeds python, numpy, torch and the prompt order"""

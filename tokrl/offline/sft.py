@@ -95,8 +95,9 @@ def completion_nll(model, ids: Tensor, attention: Tensor, labels: Tensor, dtype:
     ids, attention, labels: (B, L).  returns two scalars; the first is differentiable.
     """
     from tokrl.losses import token_logprobs
-    from tokrl.models.forward import autocast
+    from tokrl.models.forward import autocast, device_of
 
+    ids, attention, labels = (x.to(device_of(model)) for x in (ids, attention, labels))
     with autocast(dtype):
         logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]       # (B, L-1, V)
     targets = labels[:, 1:]                                                          # position t predicts t+1

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,7 @@ def _facts(run_dir: Path, config: dict, metrics: list[dict], evals: list[dict]) 
         if "solved" in first and "solved" in last:
             detail = f"solved {first['solved']:.0%} → {last['solved']:.0%} · n={last.get('n', '?')}"
         facts.append(("Held-out reward", arrow, html.escape(detail)))
+    facts += _warm_start_fact(run_dir)
     _, speed = series(metrics, "time/tokens_per_s")
     seconds = sum(series(metrics, "time/collect_s")[1]) + sum(series(metrics, "time/update_s")[1])
     if speed:
@@ -130,6 +132,19 @@ def _facts(run_dir: Path, config: dict, metrics: list[dict], evals: list[dict]) 
         facts.append(("Throughput", f"{median:,.0f} tok/s", f"median · {seconds:,.0f} s training"))
     facts += _memory_fact(metrics)
     return facts
+
+
+def _warm_start_fact(run_dir: Path) -> list[tuple[str, str, str]]:
+    """The supervised warm start's held-out result and fit (none without warm_start.json)."""
+    path = run_dir / "warm_start.json"
+    if not path.is_file():
+        return []
+    w = json.loads(path.read_text())
+    after = w.get("eval_after") or {}
+    detail = (f"{w.get('demonstrations')} demonstrations × {w.get('epochs')} epochs · "
+              f"loss {fmt(w.get('loss_first'), 3)} → {fmt(w.get('loss_last'), 3)} · {fmt(w.get('seconds'), 0)} s")
+    value = f"reward {fmt(after.get('reward'), 2)}" + (f" · solved {after['solved']:.0%}" if "solved" in after else "")
+    return [("After warm start", value, html.escape(detail))]
 
 
 def _memory_fact(metrics: list[dict]) -> list[tuple[str, str, str]]:

@@ -47,6 +47,10 @@ class Arithmetic(Task):
     def examples(self, split: str) -> list[Example]:
         return self._splits[split]
 
+    def demonstration(self, example: Example) -> str:
+        """The number alone: the completion that scores 1.0."""
+        return example["answer"]
+
     def score(self, answer: str, completion: str) -> float:
         """1.0 exact, ``partial`` if the last integer is right, else 0.0."""
         text = completion.strip()

@@ -24,6 +24,11 @@ class Task:
         """All examples of ``split`` ("train" or "test")."""
         raise NotImplementedError
 
+    def demonstration(self, example: Example) -> str | None:
+        """A right completion of ``example`` in the expected format, for the supervised warm
+        start (``warm_start`` in a recipe); None when the task cannot write one."""
+        return None
+
     def max_tokens(self, example: Example) -> int | None:
         """Episode length at which the task ends the episode (None: only EOS or the cap)."""
         return None

@@ -13,6 +13,7 @@ one process computes it. Only rank 0 writes to the run directory.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from tokrl.training.collect import Collected, collect
 from tokrl.training.evaluate import evaluate
 from tokrl.training.state import TrainState, build_state
 from tokrl.training.update import update
+from tokrl.training.warm_start import demonstrations, warm_start
 from tokrl.types import Rollout
 
 
@@ -84,8 +86,11 @@ def train(cfg: Config, run_dir: Path, progress: Callable[[dict[str, float]], Non
     check_sinks(cfg.log)             # a missing wandb fails before anything is written
     distributed.init(cfg)            # under torchrun: join the other processes
     state = build_state(cfg)
+    # encoded before anything is written: a task without demonstrations fails here
+    demos = demonstrations(state.task, state.tokenizer, cfg.model) if cfg.warm_start.epochs and not resume else None
     run_eval = evaluator(state, cfg)
     writer, before = open_run(state, cfg, run_dir, run_eval, on_start, resume)
+    warm = run_warm_start(state, cfg, run_dir, demos, run_eval) if demos is not None else None
     config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     saved_step = state.step if resume else None
     stopped_early = False
@@ -111,7 +116,27 @@ def train(cfg: Config, run_dir: Path, progress: Callable[[dict[str, float]], Non
         save_checkpoint(run_dir, state, config_yaml, t.keep_checkpoints)
     after = finish_run(state, cfg, run_dir, writer, run_eval)
     return {"steps": state.step, "eval_before": before, "eval_after": after, "stopped_early": stopped_early,
-            "state": state}
+            "warm_start": warm, "state": state}
+
+
+def run_warm_start(state: TrainState, cfg: Config, run_dir: Path, demos: list[tuple[list[int], int]],
+                   run_eval) -> dict[str, Any]:
+    """The supervised warm start (``training.warm_start``), then a held-out evaluation; rank 0
+    writes both to warm_start.json and says them on stderr. returns that record."""
+    main = distributed.is_main()
+    if main:
+        print(f"tokrl: warm start: {len(demos)} demonstrations x {cfg.warm_start.epochs} epochs", file=sys.stderr,
+              flush=True)
+    summary = warm_start(state.learner.model, state.tokenizer, demos, cfg)
+    state.engine.sync(state.learner.model)
+    summary["eval_after"], _ = run_eval()
+    if main:
+        (run_dir / "warm_start.json").write_text(json.dumps(summary, indent=2) + "\n")
+        e = summary["eval_after"]
+        print(f"tokrl: warm start done in {summary['seconds']:.0f} s: loss {summary['loss_first']:.3f} -> "
+              f"{summary['loss_last']:.3f}, held-out reward {e['reward']:.3f}, solved {e['solved']:.3f}",
+              file=sys.stderr, flush=True)
+    return summary
 
 
 def print_warning(warning: HealthWarning) -> None:
