@@ -45,6 +45,12 @@ STEPS = 2
 # at temperature 0.3 the ab model's samples of a prompt often agree: refills are drawn, and with
 # one refill allowed a step can come up short (its filler group is left out of the loss)
 DYNAMIC = ["train.prompts_per_step=4", "train.dynamic_sampling=true", "train.max_resample=1", "sampling.temperature=0.3"]
+# Metrics that subtract nearly equal numbers magnify the float differences that one
+# step's 8 PPO optimizer steps leave in the weights (they agree within 1e-5): ppo at
+# step 1, DDP and FSDP alike, was seen 5.5e-5 apart in explained variance (1 - Var[R - V]
+# / Var[R]), 1.1e-4 in the KL to the reference summed over a sequence (-0.27149 vs
+# -0.27139) and 1.4e-5 in approx_kl (0.035884 vs 0.035870): each a difference of log-probs
+ABS_TOLERANCE = {"critic/explained_variance": 1e-3, "kl/ref_per_seq": 1e-3, "policy/approx_kl": 1e-4}
 
 
 def free_port() -> int:
@@ -122,9 +128,12 @@ def test_two_processes_make_the_one_process_update(two_processes, recipe, strate
     two, one = scenario["result"], one_process(scenario)
     for step in range(STEPS):
         assert torch.equal(two["tokens"][step], one["tokens"][step])      # the same samples, row for row
-        for key, value in one["metrics"][step].items():                   # reduced over the processes
-            assert two["metrics"][step][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (step, key)
-    assert_same_weights(two["weights"], one["weights"])
+        apart = {key: (two["metrics"][step][key], value) for key, value in one["metrics"][step].items()
+                 if two["metrics"][step][key] != pytest.approx(value, rel=1e-4, abs=ABS_TOLERANCE.get(key, 1e-5))}
+        assert not apart, (step, apart)                                     # reduced over the processes
+    # ppo's 8 Adam steps a step turn summation-order noise in near-zero gradients into
+    # steps of a visible size (Adam divides by the gradient's own scale): seen 1.08e-5 apart
+    assert_same_weights(two["weights"], one["weights"], atol=2e-5 if recipe == "ppo" else 1e-5)
     # FSDP shards the policy and the KL reference (with LoRA the reference is the policy)
     sharded = strategy == "fsdp"
     assert two["sharded"] == {"policy": sharded, "reference": sharded and recipe in ("ppo", "grpo", "ckpt")}
@@ -143,7 +152,8 @@ def test_two_processes_draw_and_choose_the_one_process_dynamic_batch(two_process
     for step in range(STEPS):
         assert torch.equal(two["tokens"][step], one["tokens"][step])      # the same chosen rows, in order
         for key, value in one["metrics"][step].items():
-            assert two["metrics"][step][key] == pytest.approx(value, rel=1e-4, abs=1e-5), (step, key)
+            tolerance = ABS_TOLERANCE.get(key, 1e-5)
+            assert two["metrics"][step][key] == pytest.approx(value, rel=1e-4, abs=tolerance), (step, key)
     assert_same_weights(two["weights"], one["weights"])
 
 
