@@ -93,3 +93,65 @@ def test_activation_checkpointing_gives_bitwise_the_same_training(tiny_model_dir
         assert torch.equal(a, b)                    # measured: bitwise, fp32 and bf16 autocast alike
     for a, b in zip(plain_metrics, ckpt_metrics):
         assert run_metrics(a) == run_metrics(b)
+
+
+def test_contributing_rows_are_those_whose_loss_can_move_the_weights():
+    import dataclasses
+
+    from tokrl.algorithms import AlgoConfig, KLConfig, resolve
+    from tokrl.training.update import contributing_rows
+    from tokrl.types import Rollout
+
+    mask = torch.tensor([[1., 1., 0.], [1., 0., 0.], [0., 0., 0.], [1., 1., 1.]])
+    adv = torch.tensor([[0., 0., 5.],      # non-zero only on padding: no gradient
+                        [0., 0., 0.],
+                        [1., 1., 1.],      # all padding
+                        [0., 0., -1.]])    # one token with signal
+    batch = Rollout(prompt_ids=torch.zeros(4, 1, dtype=torch.long), prompt_mask=torch.ones(4, 1, dtype=torch.long),
+                    tokens=torch.zeros(4, 3, dtype=torch.long), lengths=mask.sum(1).long(), mask=mask,
+                    logprobs=torch.zeros(4, 3), entropy=torch.zeros(4, 3), rewards=torch.zeros(4, 3),
+                    advantages=adv)
+    pg = resolve(AlgoConfig(estimator="rloo", policy_loss="pg", entropy_coef=0.0), KLConfig(coef=0.0), 2)
+    assert contributing_rows(batch, pg).tolist() == [False, False, False, True]
+    # an entropy bonus or a critic reaches every row with a token, whatever its advantage
+    bonus = resolve(AlgoConfig(estimator="rloo", policy_loss="pg", entropy_coef=0.01), KLConfig(coef=0.0), 2)
+    assert contributing_rows(batch, bonus).tolist() == [True, True, False, True]
+    per_row = dataclasses.replace(batch, advantages=torch.tensor([0., 2., 2., 0.]))     # (N,) advantages
+    assert contributing_rows(per_row, pg).tolist() == [False, True, False, False]
+
+
+@pytest.mark.parametrize("micro", [0, 3])
+def test_skipping_rows_without_signal_gives_the_update_of_every_row(tiny_model_dir, tmp_path, micro):
+    import dataclasses
+
+    from tokrl.training.update import microbatch_loss
+
+    cfg = small_config(tiny_model_dir, tmp_path, "algo.estimator=rloo", "algo.entropy_coef=0", "algo.baseline=none",
+                       "train.prompts_per_step=4", "train.group_size=2", "optim.max_grad_norm=0",
+                       f"train.microbatch_size={micro}")
+    state = build_state(cfg)
+    collect_step(state, cfg)
+    batch = state.buffer.stored()
+    keep = torch.tensor([1., 0., 1., 0., 0., 1., 0., 0.])                 # 3 of 8 rows carry signal
+    state.buffer.clear()
+    state.buffer.add(dataclasses.replace(batch, advantages=(batch.advantages + 0.5) * keep[:, None]))
+    batch = state.buffer.stored()
+    state.learner.optimizer = torch.optim.SGD(state.learner.parameters(), lr=1.0)
+    start = copy.deepcopy(state.learner.model.state_dict())
+
+    rows_seen = []
+    hook = state.learner.model.register_forward_hook(lambda m, args, kwargs, out: rows_seen.append(
+        kwargs["input_ids"].shape[0]), with_kwargs=True)
+    stats = update(state.learner, state.buffer, state.recipe, cfg, 0.0, state.shuffle_generator, 0)[0]
+    hook.remove()
+    skipped = params_of(state)
+    assert sum(rows_seen) == 3 and stats["update/skipped_rows_frac"] == pytest.approx(5 / 8)
+
+    # every row through one pass: the same weights
+    state.learner.model.load_state_dict(start)
+    state.learner.optimizer.zero_grad(set_to_none=True)
+    counts = (batch.mask.sum(), (batch.mask.sum(dim=1) > 0).sum().float())
+    microbatch_loss(state.learner, batch, state.recipe, cfg, 0.0, *counts)[0].backward()
+    state.learner.optimizer.step()
+    for a, b in zip(skipped, params_of(state)):
+        assert torch.allclose(a, b, atol=1e-6)

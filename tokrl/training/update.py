@@ -9,6 +9,7 @@ process and W processes make the same update.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -54,11 +55,14 @@ class Learner:
 
 
 def microbatch_loss(learner: Learner, mb: Rollout, recipe: Recipe, cfg: Config, beta: float,
-                    num_tokens: Tensor, num_seqs: Tensor) -> tuple[Tensor, dict[str, float]]:
+                    num_tokens: Tensor, num_seqs: Tensor, stat_counts: list[Tensor] | None = None
+                    ) -> tuple[Tensor, dict[str, float]]:
     """The minibatch loss restricted to microbatch ``mb`` (whole-minibatch denominators, over
     every process), so that the sum over microbatches and processes is the minibatch loss.
 
-    beta: the KL coefficient (used when the recipe charges KL in the loss).
+    beta: the KL coefficient (used when the recipe charges KL in the loss);
+    stat_counts: (tokens, sequences) that the diagnostics approx_kl and clip_frac average
+    over (None: num_tokens, num_seqs).
     """
     a, sampling = recipe.algo, cfg.sampling
     with recompute_in_backward(learner.model, cfg.train.activation_checkpointing):
@@ -84,32 +88,75 @@ def microbatch_loss(learner: Learner, mb: Rollout, recipe: Recipe, cfg: Config, 
         vloss = losses.aggregate(losses.value_loss(values, mb.values, mb.returns, a.value_clip), **agg)
         loss = loss + a.value_coef * vloss
         stats["loss/value"] = float(vloss.detach())
+    stat_tokens, stat_seqs = stat_counts if stat_counts is not None else (num_tokens, num_seqs)
     with torch.no_grad():
-        stats["policy/approx_kl"] = float(losses.aggregate(losses.kl(logp, mb.logprobs, "k3"), **agg))
+        stats["policy/approx_kl"] = float(losses.aggregate(losses.kl(logp, mb.logprobs, "k3"), mb.mask,
+                                                           a.aggregation, stat_tokens, stat_seqs))
         if recipe.clipped:
             stats["policy/clip_frac"] = float(losses.ppo_clip_fraction(
-                logp, mb.logprobs, mb.advantages, a.clip_low, a.clip_high, mb.mask) * mb.mask.sum() / num_tokens)
+                logp, mb.logprobs, mb.advantages, a.clip_low, a.clip_high, mb.mask) * mb.mask.sum()
+                / stat_tokens.clamp(min=1))
     return loss, stats
+
+
+def contributing_rows(mb: Rollout, recipe: Recipe) -> Tensor:
+    """(n,) bool: the rows of ``mb`` whose share of the loss can have a non-zero gradient.
+
+    Every term of the loss is weighted by the mask, so a row with no unmasked token adds
+    nothing. When the loss is the policy term alone (no entropy bonus, no KL in the
+    loss, no critic), a row whose advantage is exactly 0 on every unmasked token adds an
+    exactly zero gradient too: every policy loss multiplies its token's term by A_t. Those
+    rows are the groups whose samples all earned the same reward, most of a step once a
+    group method has learned (``groups/zero_signal_frac``): the update skips their
+    forward and backward passes.
+    """
+    live = mb.mask.sum(dim=1) > 0
+    a = recipe.algo
+    if a.entropy_coef or recipe.kl_in_loss or recipe.critic or mb.advantages is None:
+        return live
+    adv = mb.advantages if mb.advantages.dim() == 2 else mb.advantages[:, None]
+    return live & ((adv != 0) & (mb.mask > 0)).any(dim=1)
+
+
+def microbatch_rows(trained: Tensor, size: int) -> list[Tensor]:
+    """The microbatches of this process's trained rows, as many as on the process that
+    trains the most rows (DDP and FSDP need every process in each pass), at least one.
+
+    trained: (n,) bool; size: rows per microbatch (0: all in one).
+    returns K (m_k,) long row indices; an empty one stands for a pass that adds nothing.
+    """
+    rows = trained.nonzero().flatten()
+    most = max(distributed.all_gather(len(rows)))       # the same on every process
+    size = size or max(most, 1)
+    return [rows[i * size:(i + 1) * size] for i in range(max(-(-most // size), 1))]
 
 
 def accumulate(learner: Learner, mb: Rollout, recipe: Recipe, cfg: Config, beta: float
                ) -> tuple[bool, dict[str, float]]:
     """Forward and backward of minibatch ``mb`` (this process's share), microbatch by
-    microbatch; gradients accumulate in the parameters.
+    microbatch, over the rows that can change the gradient (``contributing_rows``);
+    gradients accumulate in the parameters. The loss keeps the whole minibatch's
+    denominators, so skipping rows changes nothing but the time taken.
 
-    returns (whether every loss was finite, the minibatch's summed statistics).
+    returns (whether every loss was finite, the minibatch's summed statistics; the
+    diagnostics policy/approx_kl and policy/clip_frac are over the rows trained).
     """
     world = distributed.world_size()
-    counts = torch.stack([mb.mask.sum(), (mb.mask.sum(dim=1) > 0).sum().float()])
-    num_tokens, num_seqs = distributed.all_reduce_sum(counts)       # the whole minibatch's denominators
-    size = cfg.train.microbatch_size or mb.num_sequences
-    starts = range(0, mb.num_sequences, size)
-    stats: dict[str, float] = {}
+    trained = contributing_rows(mb, recipe)
+    tokens, seqs = mb.mask.sum(dim=1), (mb.mask.sum(dim=1) > 0).float()
+    counts = torch.stack([tokens.sum(), seqs.sum(), tokens[trained].sum(), seqs[trained].sum(),
+                          torch.tensor(float(len(trained)))])
+    num_tokens, num_seqs, *trained_counts, num_rows = distributed.all_reduce_sum(counts)  # the whole minibatch's
+    parts = microbatch_rows(trained, cfg.train.microbatch_size)
+    stats = {"update/skipped_rows_frac": float((~trained).sum() / num_rows)}
     finite = True
-    for start in starts:
-        micro = mb.select(torch.arange(start, min(start + size, mb.num_sequences)))
-        with distributed.accumulating(list(learner.trained()), sync=start == starts[-1]):
-            loss, micro_stats = microbatch_loss(learner, micro, recipe, cfg, beta, num_tokens, num_seqs)
+    for i, rows in enumerate(parts):
+        micro = mb.select(rows if len(rows) else torch.zeros(1, dtype=torch.long))
+        if not len(rows):                             # a pass that adds nothing: one row, masked out
+            micro = dataclasses.replace(micro, mask=torch.zeros_like(micro.mask))
+        with distributed.accumulating(list(learner.trained()), sync=i == len(parts) - 1):
+            loss, micro_stats = microbatch_loss(learner, micro, recipe, cfg, beta, num_tokens, num_seqs,
+                                                trained_counts)
             finite &= bool(torch.isfinite(loss))
             # DDP and FSDP average gradients over the W processes; the loss's
             # gradient is their sum (each process holds its share of the loss)
