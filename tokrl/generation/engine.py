@@ -20,8 +20,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from tokrl.generation.sampling import inverse_cdf, process_logits, row_uniforms
-from tokrl.losses import entropy as full_entropy
+from tokrl.generation.prompts import check_groups
+from tokrl.generation.sampling import choose, row_uniforms
 from tokrl.models.forward import autocast as autocast_context
 from tokrl.models.forward import decode, device_of
 from tokrl.training import distributed
@@ -42,6 +42,11 @@ class Engine(Protocol):
         """Sample completions of left-padded prompts (N, P): ``generate``'s arguments and result
         (tokens, lengths, logprobs, entropy; on the CPU)."""
 
+    def episodes(self, prompt_ids: Tensor, prompt_mask: Tensor, turns, sampling, *, seeds: Tensor | None = None,
+                 group_size: int = 1, generator: torch.Generator | None = None) -> None:
+        """Run multi-turn episodes to their ends (``generation.turns.Turns`` holds them and
+        their results; ``generation.multiturn``)."""
+
     def sync(self, model) -> None:
         """Take ``model``'s current weights (after an optimizer step or a checkpoint load)."""
 
@@ -61,6 +66,13 @@ class TokrlEngine:
         return generate(self.model, prompt_ids, prompt_mask, sampling, eos_id, pad_id, caps=caps, generator=generator,
                         autocast=autocast_context(self.dtype, device_of(self.model)), seeds=seeds,
                         group_size=group_size)
+
+    def episodes(self, prompt_ids: Tensor, prompt_mask: Tensor, turns, sampling, *, seeds: Tensor | None = None,
+                 group_size: int = 1, generator: torch.Generator | None = None) -> None:
+        from tokrl.generation.multiturn import run_episodes
+
+        run_episodes(self.model, prompt_ids, prompt_mask, turns, sampling, seeds=seeds, generator=generator,
+                     autocast=autocast_context(self.dtype, device_of(self.model)), group_size=group_size)
 
     def sync(self, model) -> None:
         """Nothing to copy: the engine runs the module that the optimizer updates."""
@@ -104,35 +116,6 @@ class Completions:
         """The first ``steps`` columns, on the CPU: tokens, lengths, logprobs, entropy."""
         return {"tokens": self.tokens[:, :steps].cpu(), "lengths": self.lengths.cpu(),
                 "logprobs": self.logprobs[:, :steps].cpu(), "entropy": self.entropy[:, :steps].cpu()}
-
-
-def check_groups(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int) -> None:
-    """Raise unless rows g*G .. g*G+G-1 hold G copies of one prompt."""
-    G, N = group_size, prompt_ids.shape[0]
-    if G > 1 and (N % G or not torch.equal(prompt_ids, prompt_ids[::G].repeat_interleave(G, dim=0))
-                  or not torch.equal(prompt_mask, prompt_mask[::G].repeat_interleave(G, dim=0))):
-        raise ValueError(f"generate: group_size={G} but the rows are not groups of {G} copies of one prompt")
-
-
-def choose(logits: Tensor, sampling, u: Tensor | None, filtered: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """One token per row from ``logits`` (N, V): greedy when u is None, else by inverse CDF at u (N,).
-
-    returns token (N,) long, its log-prob (N,) and the policy's entropy (N,), all under
-    the sampled distribution (``process_logits``). Without top-k / top-p the sampled
-    distribution is the tempered one, so its entropy comes from the same log-probs;
-    with them (``filtered``) the full tempered distribution needs its own pass.
-    """
-    z = process_logits(logits, sampling)                                   # (N, V) float32
-    logp_all = torch.log_softmax(z, dim=-1)
-    probs = logp_all.exp()
-    token = z.argmax(dim=-1) if u is None else inverse_cdf(probs, u)
-    logp = logp_all.gather(1, token[:, None]).squeeze(1)
-    if filtered:
-        tempered = logits.float() / sampling.temperature if sampling.temperature > 0 else logits.float()
-        ent = full_entropy(tempered[:, None, :]).squeeze(1)
-    else:
-        ent = -(probs * logp_all).sum(dim=-1)
-    return token, logp, ent
 
 
 @torch.no_grad()

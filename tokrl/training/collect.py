@@ -22,7 +22,7 @@ from tokrl.config import Config, SamplingConfig
 from tokrl.generation.batch import rollout
 from tokrl.generation.engine import Engine
 from tokrl.generation.prompts import longest_prompt
-from tokrl.generation.sampling import process_logits, sample_seeds
+from tokrl.generation.sampling import env_seeds, process_logits, sample_seeds
 from tokrl.models.forward import forward
 from tokrl.models.reference import Reference
 from tokrl.tasks.base import Example, Task
@@ -121,7 +121,7 @@ def sample_batch(engine: Engine, tokenizer, task: Task, examples: list[Example],
     with torch.no_grad():
         batch = rollout(engine, tokenizer, task, mine, t.group_size, cfg.sampling,
                         chat_template=cfg.model.chat_template, seeds=sample_seeds(t.seed, step, first, len(mine), t.group_size), prompt_width=width,
-                        skip_bad_rewards=t.on_bad_reward == "skip")
+                        skip_bad_rewards=t.on_bad_reward == "skip", env_seeds=env_seeds(t.seed, step, first, len(mine)))
     batch.prompt_index += first
     return batch
 
