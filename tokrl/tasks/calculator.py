@@ -54,7 +54,7 @@ def _eval(node):
         return _UNARY[type(node.op)](_eval(node.operand))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         a, b = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and (abs(b) > MAX_BITS or b * _bits(a) > MAX_BITS):
+        if isinstance(node.op, ast.Pow) and (abs(b) > MAX_BITS or (abs(a) > 1 and b * math.log2(abs(a)) > MAX_BITS)):
             raise ValueError("a power is too large")       # checked before computing it
         if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and b == 0:
             raise ValueError("division by zero")
