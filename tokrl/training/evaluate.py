@@ -42,11 +42,19 @@ def evaluate(engine, tokenizer, task: Task, examples: list[Example], sampling: S
 
 def compare(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
     """The held-out change from ``before`` to ``after`` (records of ``evaluate``, paired by
-    prompt): mean difference of score and of solved (score >= 1), each with a 95%
+    prompt; the k-th record of a prompt that repeats, as a multi-turn task's prompts do, with
+    the k-th): mean difference of score and of solved (score >= 1), each with a 95%
     confidence interval from the paired differences (normal approximation,
     mean +- 1.96 * sd / sqrt(n))."""
-    old = {r["prompt"]: r["score"] for r in before}
-    pairs = [(old[r["prompt"]], r["score"]) for r in after if r["prompt"] in old]
+    def keyed(records: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
+        seen: dict[str, int] = {}
+        out = {}
+        for r in records:
+            k = seen[r["prompt"]] = seen.get(r["prompt"], -1) + 1
+            out[(r["prompt"], k)] = r["score"]
+        return out
+    old, new = keyed(before), keyed(after)
+    pairs = [(old[key], score) for key, score in new.items() if key in old]
     out: dict[str, Any] = {"n": len(pairs)}
     for name, f in (("reward", lambda s: s), ("solved", lambda s: float(s >= 1.0 - 1e-6))):
         d = torch.tensor([f(b) - f(a) for a, b in pairs], dtype=torch.float64)
