@@ -127,9 +127,12 @@ def episode_rollout(engine, tokenizer, task, examples: list[Example], group_size
     """
     env_seeds = list(range(len(examples))) if env_seeds is None else env_seeds
     envs, prompts, errors = start_episodes(task, tokenizer, examples, group_size, env_seeds, skip_bad_rewards)
-    room = None if engine.max_context is None else engine.max_context - task.max_episode_tokens
     prompt_ids, prompt_mask = encode_batch(tokenizer, [{"prompt": p} for p in prompts], group_size, chat_template,
-                                           max_prompt_tokens=room, width=prompt_width)
+                                           width=prompt_width)
+    if engine.max_context is not None and int(prompt_mask.sum(1).max()) + task.max_episode_tokens > engine.max_context:
+        raise ValueError(f"a prompt of {int(prompt_mask.sum(1).max())} tokens and task.options.max_episode_tokens="
+                         f"{task.max_episode_tokens} do not fit in the model's context ({engine.max_context} tokens); "
+                         "lower max_episode_tokens")
     turns = Turns(task, tokenizer, envs, ObservationFormat(tokenizer, chat_template), sampling.max_new_tokens,
                   skip_bad_rewards)
     for ep, error in zip(turns.episodes, errors):

@@ -31,7 +31,7 @@ LIMITS = ("max_turns", "max_episode_tokens", "step_timeout")
 class EnvironmentTask(Task):
     """Episodes of several turns with ``environment``; the limits are task.options."""
 
-    def __init__(self, tokenizer, environment: Environment, max_turns: int = 4, max_episode_tokens: int = 256,
+    def __init__(self, tokenizer, environment: Environment, max_turns: int = 4, max_episode_tokens: int = 128,
                  step_timeout: float = 10.0):
         if not isinstance(environment, Environment):
             raise ValueError(f"task: {environment!r} is not a tokrl.env.Environment (subclass it: reset, step)")

@@ -17,19 +17,21 @@ EVAL_BATCH = 64
 
 @torch.no_grad()
 def evaluate(engine, tokenizer, task: Task, examples: list[Example], sampling: SamplingConfig,
-             chat_template: bool = False, dtype: str = "float32", batch_size: int = EVAL_BATCH
-             ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+             chat_template: bool = False, dtype: str = "float32", batch_size: int = EVAL_BATCH,
+             skip_bad: bool = False) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Score one completion per example, sampled by ``engine`` (an Engine, or a model that
     tokrl's engine runs in ``dtype``).
 
     returns the metrics {"reward": mean score, "solved": fraction scoring >= 1.0
     (target_match and exact-answer tasks pay 1.0 for a right answer), "n"} and one
-    record {"prompt", "completion", "score"} per example.
+    record {"prompt", "completion", "score"} per example. With ``skip_bad``
+    (train.on_bad_reward=skip) a sample whose reward or environment failed scores 0.
     """
     scores, samples = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        batch = rollout(engine, tokenizer, task, chunk, 1, sampling, chat_template=chat_template, dtype=dtype)
+        batch = rollout(engine, tokenizer, task, chunk, 1, sampling, chat_template=chat_template, dtype=dtype,
+                        skip_bad_rewards=skip_bad)
         scores.append(batch.scores)
         samples += [{"prompt": ex["prompt"], "completion": text, "score": float(score)}
                     for ex, text, score in zip(chunk, batch.texts, batch.scores)]
