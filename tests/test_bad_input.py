@@ -582,7 +582,7 @@ def test_a_failing_environment_with_on_bad_reward_skip_trains_without_its_episod
     assert status == 0, capsys.readouterr().err
     metrics = [json.loads(line) for line in (ctx.out / "metrics.jsonl").read_text().splitlines()]
     # both episodes (2 prompts, 1 sample each) left the loss, and were counted
-    assert metrics[0]["episode/skipped"] == 2 and metrics[0]["reward/dropped"] == 2
+    assert metrics[0]["episode/skipped_frac"] == 1.0 and metrics[0]["reward/dropped"] == 2
 
 
 def test_resume_with_a_changed_config_and_force_proceeds(finished_run, tmp_path, capsys):

@@ -169,10 +169,11 @@ def to_rollout(turns: Turns, tokenizer, prompt_ids: Tensor, prompt_mask: Tensor,
 def episode_stats(turns: Turns) -> dict[str, float]:
     """episode/turns (mean policy turns), episode/truncated_frac (ended by a limit),
     episode/env_token_frac (share of the episodes' tokens the environment wrote) and
-    episode/skipped (episodes whose environment failed, left out of the loss)."""
+    episode/skipped_frac (episodes whose environment failed, left out of the loss; shares, so
+    that the mean over processes is the whole batch's)."""
     eps = turns.episodes
     n, tokens = max(len(eps), 1), max(sum(len(ep.ids) for ep in eps), 1)
     return {"episode/turns": sum(ep.turns for ep in eps) / n,
             "episode/truncated_frac": sum(ep.truncated for ep in eps) / n,
             "episode/env_token_frac": sum(len(ep.ids) - sum(ep.policy) for ep in eps) / tokens,
-            "episode/skipped": float(sum(ep.error is not None for ep in eps))}
+            "episode/skipped_frac": sum(ep.error is not None for ep in eps) / n}
