@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from tokrl.generation.prompts import check_groups
-from tokrl.generation.sampling import choose, row_uniforms
+from tokrl.generation.prefill import prefill, row_noise
+from tokrl.generation.sampling import choose
 from tokrl.models.forward import autocast as autocast_context
 from tokrl.models.forward import decode, device_of
 from tokrl.training import distributed
@@ -145,22 +146,13 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling, eos_id: i
     caps = torch.full((N,), Tmax) if caps is None else caps.clamp(max=Tmax)
     caps = caps.to(device)
     out = Completions.empty(caps, Tmax, pad_id)
-    noise = None
-    if sampling.temperature > 0:
-        seeds = torch.randint(0, 2**62, (N,), generator=generator) if seeds is None else seeds
-        noise = row_uniforms(seeds, Tmax).to(device)                       # (N, Tmax) float64
+    noise = row_noise(sampling, seeds, N, Tmax, generator, device)        # (N, Tmax) float64, or None
     filtered = sampling.top_k > 0 or sampling.top_p < 1.0
-    attention = torch.cat([prompt_mask, torch.ones(N, Tmax, dtype=prompt_mask.dtype, device=device)], dim=1)
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)              # (N, P)
     T = 0
     # one autocast region for the whole rollout: inside it, each weight is cast to the
     # autocast dtype once (autocast's cast cache), not once per token
     with autocast if autocast is not None else nullcontext():
-        logits, cache = decode(model, prompt_ids[::G], attention[::G, :P], positions[::G], logits_to_keep=1)
-        if G > 1:
-            cache.batch_repeat_interleave(G)                               # each prompt's cache, G times
-        logits = logits.repeat_interleave(G, dim=0)                        # (N, V)
-        next_pos = positions[:, -1:] + 1                                   # (N, 1)
+        logits, cache, attention, next_pos = prefill(model, prompt_ids, prompt_mask, G, Tmax)
         for t in range(Tmax):
             if distributed.all_done(out.done, model):
                 break

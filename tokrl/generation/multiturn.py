@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from tokrl.generation.prompts import check_groups, encode_batch
-from tokrl.generation.sampling import choose, row_uniforms
+from tokrl.generation.prefill import prefill, row_noise
+from tokrl.generation.sampling import choose
 from tokrl.generation.turns import EpisodeError, ObservationFormat, Turns, call_with_timeout
 from tokrl.models.forward import decode, device_of
 from tokrl.tasks.base import Example
@@ -41,21 +42,12 @@ def run_episodes(model, prompt_ids: Tensor, prompt_mask: Tensor, turns: Turns, s
     N, P = prompt_ids.shape
     G, Tmax = group_size, turns.budget
     check_groups(prompt_ids, prompt_mask, G)
-    noise = None
-    if sampling.temperature > 0:
-        seeds = torch.randint(0, 2**62, (N,), generator=generator) if seeds is None else seeds
-        noise = row_uniforms(seeds, Tmax).to(device)                       # (N, Tmax) float64
+    noise = row_noise(sampling, seeds, N, Tmax, generator, device)        # (N, Tmax) float64, or None
     filtered = sampling.top_k > 0 or sampling.top_p < 1.0
-    attention = torch.cat([prompt_mask, torch.ones(N, Tmax, dtype=prompt_mask.dtype, device=device)], dim=1)
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)              # (N, P)
     shrink = not distributed.is_sharded(model)     # FSDP: every process runs every forward pass
     active = torch.arange(N, device=device)                                # (A,) rows in the batch
     with autocast if autocast is not None else nullcontext():
-        logits, cache = decode(model, prompt_ids[::G], attention[::G, :P], positions[::G], logits_to_keep=1)
-        if G > 1:
-            cache.batch_repeat_interleave(G)
-        logits = logits.repeat_interleave(G, dim=0)                        # (A, V)
-        next_pos = positions[:, -1:] + 1                                   # (A, 1)
+        logits, cache, attention, next_pos = prefill(model, prompt_ids, prompt_mask, G, Tmax)   # (A, V) ...
         for t in range(Tmax):
             u = None if noise is None else noise[active, t]
             token, logp, ent = choose(logits, sampling, u, filtered)      # (A,) each
