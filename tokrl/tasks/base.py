@@ -24,9 +24,10 @@ class Task:
         """All examples of ``split`` ("train" or "test")."""
         raise NotImplementedError
 
-    def demonstration(self, example: Example) -> str | None:
+    def demonstration(self, example: Example) -> str | list[str] | None:
         """A right completion of ``example`` in the expected format, for the supervised warm
-        start (``warm_start`` in a recipe); None when the task cannot write one."""
+        start (``warm_start`` in a recipe); a multi-turn task's is a list (the policy's turns
+        and the environment's observations, alternating); None when the task cannot write one."""
         return None
 
     def max_tokens(self, example: Example) -> int | None:
