@@ -34,9 +34,11 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "target_match"
-    """the built-in task that supplies prompts and rewards"""
+    """the built-in task that supplies prompts and rewards, a built-in multi-turn environment
+    (guess_number, calculator), or a user environment by import path (mypkg.envs:Maze)"""
     options: dict[str, Any] = field(default_factory=dict)
-    """keyword arguments of the task's constructor (e.g. length, transform)"""
+    """keyword arguments of the task's constructor (e.g. length, transform); for an environment,
+    its own options plus tokrl's limits max_turns, max_episode_tokens and step_timeout (seconds)"""
 
 
 @dataclass
