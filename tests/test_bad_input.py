@@ -188,6 +188,43 @@ def probe_task(mode: str) -> Case:
                 setup=lambda ctx: ctx.monkeypatch.setitem(tokrl.tasks.TASKS, "probe", ProbeTask))
 
 
+BAD_ENVS = '''
+import time
+from tokrl.env import Environment
+
+class Bad(Environment):
+    name = "bad"
+
+    def __init__(self, mode="ok"):
+        self.mode = mode
+
+    def examples(self, split):
+        return [{"prompt": p + "="} for p in ("ab", "ba")]
+
+    def step(self, turn):
+        if self.mode == "raise":
+            raise RuntimeError("lost the board")
+        if self.mode == "number":
+            return 3, 0.0, False, {}
+        if self.mode == "slow":
+            time.sleep(1.0)
+        return None, 1.0, True, {}
+'''
+
+
+def user_env(ctx: Ctx) -> None:
+    """bad_envs.py (an environment misbehaving as task.options.mode says) importable for this test."""
+    ctx.file("bad_envs.py", BAD_ENVS)
+    ctx.monkeypatch.syspath_prepend(str(ctx.tmp))
+    ctx.cleanups.append(lambda: sys.modules.pop("bad_envs", None))
+
+
+def env_case(mode: str, *expect: str) -> Case:
+    return Case(lambda ctx: ctx.train("task.name=bad_envs:Bad", "task.options={}", f"task.options.mode={mode}",
+                                      "task.options.step_timeout=0.3", "sampling.max_new_tokens=2"),
+                expect, setup=user_env)
+
+
 def with_(case: Case, *expect: str) -> Case:
     return dataclasses.replace(case, expect=expect)
 
@@ -378,6 +415,14 @@ CASES = [
     pytest.param(with_(probe_task("nan"), "non-finite reward for completion 1 (", "train.on_bad_reward=skip"),
                  id="reward-non-finite-on-bad-reward-error"),
     pytest.param(with_(probe_task("none"), "task probe"), id="reward-returns-none"),
+    pytest.param(env_case("raise", "environment bad at turn 1: step raised RuntimeError: lost the board"),
+                 id="environment-raises"),
+    pytest.param(env_case("number", "environment bad at turn 1: step returned an observation of type int"),
+                 id="environment-answers-a-number"),
+    pytest.param(env_case("slow", "environment bad at turn 1: step took longer than task.options.step_timeout=0.3"),
+                 id="environment-step-too-slow"),
+    pytest.param(Case(lambda ctx: ctx.train("task.name=bad_envs:Nope"), ("task.name 'bad_envs:Nope'", "no 'Nope'"),
+                      setup=user_env), id="environment-not-in-its-module"),
     pytest.param(with_(probe_task("scalar"), "task probe"), id="reward-returns-a-number-not-a-list"),
     pytest.param(with_(probe_task("text"), "task probe"), id="reward-returns-strings"),
 
@@ -522,6 +567,22 @@ def test_tokenizer_without_pad_token_pads_with_eos(tiny_model_dir, tmp_path, cap
     argv = ["train", str(RECIPE), *tiny(model), f"train.output_dir={run_dir}", "--quiet"]
     assert main(argv) == 0, capsys.readouterr().err
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_a_failing_environment_with_on_bad_reward_skip_trains_without_its_episodes(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch, capsys):
+    ctx = Ctx(tmp_path, tiny_model_dir, tmp_path, monkeypatch, [])
+    user_env(ctx)
+    try:
+        status = main(ctx.train("task.name=bad_envs:Bad", "task.options={}", "task.options.mode=raise",
+                                "train.on_bad_reward=skip", "sampling.max_new_tokens=2"))
+    finally:
+        for cleanup in ctx.cleanups:
+            cleanup()
+    assert status == 0, capsys.readouterr().err
+    metrics = [json.loads(line) for line in (ctx.out / "metrics.jsonl").read_text().splitlines()]
+    # both episodes (2 prompts, 1 sample each) left the loss, and were counted
+    assert metrics[0]["episode/skipped_frac"] == 1.0 and metrics[0]["reward/dropped"] == 2
 
 
 def test_resume_with_a_changed_config_and_force_proceeds(finished_run, tmp_path, capsys):

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Config": "tokrl.config", "ConfigError": "tokrl.errors", "load_config": "tokrl.config",
     "Rollout": "tokrl.types",
-    "TokenEnv": "tokrl.env",
+    "TokenEnv": "tokrl.env", "Environment": "tokrl.env",
     "Task": "tokrl.tasks", "build_task": "tokrl.tasks",
     "rollout": "tokrl.generation.batch", "generate": "tokrl.generation.engine",
     "train": "tokrl.training.loop", "build_state": "tokrl.training.state", "train_step": "tokrl.training.loop",

@@ -1,4 +1,6 @@
-"""TokenEnv: one episode of generation as a gymnasium MDP.
+"""Environments: TokenEnv (one turn of generation as a gymnasium MDP) and the multi-turn
+protocol (``Environment``: it speaks between the policy's turns; defined beside the task
+protocol in ``tasks.base`` so that built-in environments need not import this module).
 
 The state is the prompt plus the tokens generated so far, the action is the next
 token id, and the reward is the task's token-level reward of that token, plus the
@@ -31,7 +33,9 @@ import numpy as np
 from gymnasium import spaces
 
 from tokrl.generation.prompts import encode_prompt
-from tokrl.tasks.base import Example, Task
+from tokrl.tasks.base import Environment, Example, Task
+
+__all__ = ["Environment", "TokenEnv"]
 
 
 class TokenEnv(gymnasium.Env):
@@ -162,3 +166,4 @@ class TokenEnv(gymnasium.Env):
         # mutate it), so the example is deep-copied rather than shared between steps
         return {"text": self._text(), "prompt": self._example["prompt"],
                 "example": copy.deepcopy(self._example)}
+

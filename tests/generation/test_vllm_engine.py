@@ -90,6 +90,26 @@ def test_engine_and_trainer_logprobs_agree(setup):
         assert float(((train - batch.logprobs) * batch.mask).abs().max()) < 1e-4, sampling
 
 
+def test_multi_turn_episodes_through_vllm_match_tokrls_engine(setup):
+    """Greedy episodes (the whole conversation as token ids each round) are tokrl's engine's,
+    in float32; sampled ones carry log-probs the trainer's teacher-forced pass agrees with."""
+    from tokrl.training.collect import sampled_logprobs
+
+    engine, model, tokenizer, _ = setup
+    guess = build_task("guess_number", tokenizer, n=4, max_turns=4, max_episode_tokens=40)
+    examples = guess.examples("train")[:8]
+    greedy = SamplingConfig(3, 0.0)
+    ours = rollout(TokrlEngine(model), tokenizer, guess, examples, 1, greedy)
+    theirs = rollout(engine, tokenizer, guess, examples, 1, greedy)
+    assert torch.equal(theirs.tokens, ours.tokens) and torch.equal(theirs.mask, ours.mask)
+    assert (ours.mask.sum(1) < ours.lengths).all()                 # every episode has observations
+    sampling = SamplingConfig(3, 1.0)
+    batch = rollout(engine, tokenizer, guess, examples, 2, sampling, seeds=torch.arange(16))
+    train, _ = sampled_logprobs(model, batch, sampling, "float32")
+    assert float(((train - batch.logprobs) * batch.mask).abs().max()) < 1e-4
+    assert (batch.mask.sum(1) < batch.lengths).any()                # observations in sampled episodes too
+
+
 def test_after_a_push_sampling_follows_the_new_weights(setup):
     engine, model, tokenizer, task = setup
     sampling, seeds = SamplingConfig(6, 1.0), torch.arange(8) + 5

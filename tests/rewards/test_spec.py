@@ -72,6 +72,15 @@ class Scorer:
 
 scorer = Scorer()
 NOT_CALLABLE = 3
+
+calls = []
+
+def overlong(max_completion_len, soft_punish_cache):
+    """A factory like TRL's get_soft_overlong_punishment: its result is the reward."""
+    calls.append((max_completion_len, soft_punish_cache))
+    def punish(completions, **kwargs):
+        return [-1.0 if len(c) > max_completion_len - soft_punish_cache else 0.0 for c in completions]
+    return punish
 '''
 
 
@@ -98,6 +107,19 @@ def test_a_token_level_user_function(user_module):
     assert run(reward, ["ab", "c"], ids=[[3, 4], [5]]) == [[0.5, 0.0], [0.5]]
     with pytest.raises(RewardError, match="level must be sequence or token, got 'word'"):
         build_reward({"fn": "my_rewards:per_token", "level": "word"})
+
+
+def test_a_reward_factory_is_called_once_and_its_result_is_the_reward(user_module):
+    import my_rewards
+
+    reward = build_reward({"fn": "my_rewards:overlong", "factory": {"max_completion_len": 4, "soft_punish_cache": 1}})
+    assert run(reward, ["ab", "abcd"]) == [0.0, -1.0]
+    assert run(reward, ["abcde"]) == [-1.0]
+    assert my_rewards.calls == [(4, 1)]                        # once, not on every batch
+    with pytest.raises(RewardError, match="reward fn 'my_rewards:overlong': calling the factory failed: TypeError"):
+        build_reward({"fn": "my_rewards:overlong", "factory": {"max_completion_len": 4}})
+    with pytest.raises(RewardError, match="the factory returned a list, not a reward function"):
+        build_reward({"fn": "my_rewards:too_few", "factory": {"completions": []}})
 
 
 def test_extra_keys_of_a_user_reward_are_passed_as_keyword_arguments(user_module):

@@ -72,6 +72,21 @@ def test_jsonl_files_and_records(tmp_path, tokenizer, batch):
     assert second["token_texts"] == ["b"] and second["rewards"] == [0.25] and second["score"] == 0.25
 
 
+def test_a_multi_turn_sample_records_which_tokens_the_policy_wrote(tmp_path, tokenizer, make_rollout):
+    """A mask with a hole inside the episode (an observation) is logged as "policy" 1/0 per token;
+    a one-turn sample (mask 1 up to its length) logs no such list."""
+    ids = tokenizer(["a ok:b", "ab"], add_special_tokens=False)["input_ids"]
+    tokens = torch.tensor([ids[0], ids[1] + [tokenizer.pad_token_id] * 4])                  # (2, 6)
+    mask = torch.tensor([[1.0, 0, 0, 0, 0, 1], [1, 1, 0, 0, 0, 0]])
+    batch = make_rollout(torch.zeros(2, 6), mask, tokens=tokens, lengths=torch.tensor([6, 2]),
+                         texts=["a ok:b", "ab"], examples=[{"prompt": "x"}, {"prompt": "y"}])
+    writer = MetricsWriter(tmp_path / "run")
+    writer.write_samples(1, batch, 2, tokenizer)
+    writer.close()
+    multi, single = read_jsonl(tmp_path / "run" / "samples.jsonl")
+    assert multi["policy"] == [1, 0, 0, 0, 0, 1] and "policy" not in single
+
+
 def test_jsonl_appends(tmp_path):
     for step in (1, 2):
         writer = MetricsWriter(tmp_path, LogConfig(tensorboard=False))

@@ -273,3 +273,19 @@ def test_tokrl_report_of_bad_input_exits_2_with_one_line(tmp_path, capsys, what)
     assert str(target) in err
     assert sorted(p.name for p in tmp_path.rglob("*")) == ([] if what == "missing" else
                                                           ["target"] if what == "file" else ["notes.txt", "target"])
+
+
+def test_a_multi_turn_samples_environment_tokens_are_greyed_and_get_no_credit(tmp_path):
+    run_dir = write_run(
+        tmp_path / "run",
+        samples=[{"step": 1, "prompt": "guess:", "completion": "2 higher:3", "score": 1.0,
+                  "token_texts": ["2", " higher:", "3"], "rewards": [0.0, 0.0, 1.0],
+                  "advantages": [0.5, 0.0, 0.5], "policy": [1, 0, 1]}])
+    page = Page(write_report(run_dir).read_text(encoding="utf-8"))
+    cells = page.find("span", "cell")
+    titles = [c["attrs"]["title"] for c in cells]
+    assert titles[1].startswith("environment token 1: ' higher:'") and "advantage" not in titles[1]
+    assert titles[0].startswith("token 0") and "advantage +0.500" in titles[0]
+    styles = [t["attrs"]["style"] for t in page.find("span", "tok")]
+    assert styles[1] == "background:#e2e8f0;color:#64748b" and styles[0] != styles[1]
+    assert "grey: environment tokens" in page.find("div", "legend")[0]["text"]

@@ -177,7 +177,9 @@ def logged(run_dir: Path) -> list[dict]:
 
 # dynamic sampling: refill rounds draw more prompts inside a step (the tiny model's groups mostly agree)
 RESUMED = {"reinforce": [RECIPE],
-           "grpo-dynamic": ["configs/grpo.yaml", "train.dynamic_sampling=true", "train.max_resample=2"]}
+           "grpo-dynamic": ["configs/grpo.yaml", "train.dynamic_sampling=true", "train.max_resample=2"],
+           # multi-turn: environments seeded from (seed, step, prompt) replay after a resume
+           "guess-number": ["configs/guess_number.yaml"]}
 
 
 @pytest.mark.slow

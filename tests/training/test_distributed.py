@@ -86,6 +86,13 @@ def scenarios(model: Path, runs: Path) -> list[dict]:
                     "overrides": [*overrides(model, *RECIPES["ppo"], f"dist.strategy={strategy}",
                                              "train.checkpoint_every=1", f"train.output_dir={runs / strategy}"),
                                   "train.save_model=true"]})
+    # multi-turn episodes (guess_number needs digits: the usual tiny model); RLOO, so a group of
+    # equal rewards gives exactly zero advantages rather than whitened noise
+    tiny = runs.parent / "tiny"
+    if not tiny.exists():
+        make_tiny_model(tiny)
+    out.append({"name": "multiturn-ddp", "recipe": "configs/guess_number.yaml", "steps": STEPS,
+                "overrides": [f"model.name={tiny}", *QUIET, "train.save_model=false", "train.prompts_per_step=4"]})
     return out
 
 
@@ -178,6 +185,19 @@ def test_a_two_process_run_resumes_from_its_checkpoint(two_processes, strategy):
 
 
 # ------------------------------------------------------------------------- torchrun
+
+@pytest.mark.slow
+def test_two_processes_make_the_one_process_multi_turn_update(two_processes):
+    """Each process runs its prompts' episodes (environments seeded by the prompt's number in
+    the step, not in the process's share): the same episodes and update as one process."""
+    scenario = two_processes["multiturn-ddp"]
+    two, one = scenario["result"], one_process(scenario)
+    for step in range(STEPS):
+        assert torch.equal(two["tokens"][step], one["tokens"][step])
+        assert one["metrics"][step]["episode/turns"] > 1
+        assert two["metrics"][step]["reward/mean"] == pytest.approx(one["metrics"][step]["reward/mean"], abs=1e-6)
+    assert_same_weights(two["weights"], one["weights"])
+
 
 def torchrun(args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",

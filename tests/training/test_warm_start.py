@@ -86,3 +86,26 @@ def test_a_run_evaluates_the_base_model_then_warm_starts_then_trains(tiny_model_
 def test_warm_start_settings_it_cannot_honour_are_refused(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("`", ".")):
         load_config(None, ["warm_start.epochs=1", override])
+
+
+def test_a_multi_turn_demonstration_is_built_by_the_rollouts_turn_rule_with_loss_on_policy_turns(tokenizer):
+    """guess_number, secret 3 of 1..4: the policy says "2" (EOS ends its turn), the environment
+    " higher:", the policy "3" (EOS). The observation's ids are those the rollout appends; the
+    labels hold the policy's ids (and EOS) only."""
+    from tokrl.offline.sft import IGNORE, collate
+    from tokrl.tasks import build_task
+
+    task = build_task("guess_number", tokenizer, n=4)
+    example = {"prompt": "guess a number from 1 to 4:", "secret": 3}
+    assert task.demonstration(example) == ["2", " higher:", "3"]
+    cfg = load_config(None, ["task.name=guess_number"])
+    task.environment._splits["train"] = [example]
+    [(ids, P, targets)] = demonstrations(task, tokenizer, cfg.model)
+    enc = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]   # noqa: E731
+    eos = tokenizer.eos_token_id
+    assert ids[:P] == enc(example["prompt"])
+    assert ids[P:] == enc("2") + [eos] + enc(" higher:") + enc("3") + [eos]
+    assert targets == [True, True] + [False] * len(" higher:") + [True, True]
+    _, _, labels = collate([(ids, P, targets)], tokenizer.pad_token_id)
+    expected = [IGNORE] * P + enc("2") + [eos] + [IGNORE] * len(" higher:") + enc("3") + [eos]
+    assert labels[0].tolist() == expected

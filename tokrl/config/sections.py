@@ -34,9 +34,11 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "target_match"
-    """the built-in task that supplies prompts and rewards"""
+    """the built-in task that supplies prompts and rewards, a built-in multi-turn environment
+    (guess_number, calculator), or a user environment by import path (mypkg.envs:Maze)"""
     options: dict[str, Any] = field(default_factory=dict)
-    """keyword arguments of the task's constructor (e.g. length, transform)"""
+    """keyword arguments of the task's constructor (e.g. length, transform); for an environment,
+    its own options plus tokrl's limits max_turns, max_episode_tokens and step_timeout (seconds)"""
 
 
 @dataclass
@@ -91,7 +93,8 @@ class WarmStartConfig:
     each train-split prompt, written by the task) fitted by maximum likelihood before the
     first RL step, so RL starts from a policy that already answers in the expected format
     (0: off). Runs once, after the evaluation before training; the held-out evaluation after
-    it is written to warm_start.json. Only tasks that write demonstrations (arithmetic) take it"""
+    it is written to warm_start.json. Only tasks that write demonstrations (arithmetic, and the environments calculator and
+    guess_number, whose demonstrations are whole episodes: the loss is on the policy's turns) take it"""
     lr: float = 1e-3
     """its AdamW learning rate (its own optimizer: RL's starts fresh afterwards)"""
     batch_size: int = 8

@@ -10,9 +10,11 @@ import torch
 from torch import Tensor
 
 from tokrl.generation.engine import Engine, TokrlEngine
+from tokrl.generation.multiturn import episode_rollout
 from tokrl.generation.prompts import encode_batch
 from tokrl.rewards.score import score
 from tokrl.tasks.base import Example, Task
+from tokrl.tasks.multiturn import EnvironmentTask
 from tokrl.types import Rollout
 
 
@@ -24,7 +26,7 @@ def as_engine(engine: Engine | torch.nn.Module, dtype: str = "float32") -> Engin
 def rollout(engine: Engine | torch.nn.Module, tokenizer, task: Task, examples: list[Example], group_size: int,
             sampling, *, chat_template: bool = False, dtype: str = "float32", seeds: Tensor | None = None,
             generator: torch.Generator | None = None, prompt_width: int | None = None,
-            skip_bad_rewards: bool = False) -> Rollout:
+            skip_bad_rewards: bool = False, env_seeds: list[int] | None = None) -> Rollout:
     """Sample G completions for each of B examples and score them: a Rollout of N = B*G rows.
 
     engine: an ``Engine``, or a model (run by tokrl's engine in ``dtype``: float32, or
@@ -33,9 +35,15 @@ def rollout(engine: Engine | torch.nn.Module, tokenizer, task: Task, examples: l
     per-row seeds of the sampling noise (``sample_seeds``; default: drawn from
     ``generator``). prompt_width: left-pad prompts to at least this many tokens. With
     ``skip_bad_rewards`` a row whose reward is not finite keeps zero rewards and an
-    all-zero mask, so it takes no part in the loss.
+    all-zero mask, so it takes no part in the loss. A multi-turn task (``EnvironmentTask``)
+    runs its episodes (``generation.multiturn``), its environments seeded with ``env_seeds``
+    (B,), one per prompt.
     """
     engine = as_engine(engine, dtype)
+    if isinstance(task, EnvironmentTask):
+        return episode_rollout(engine, tokenizer, task, examples, group_size, sampling, chat_template=chat_template,
+                               seeds=seeds, env_seeds=env_seeds, generator=generator, prompt_width=prompt_width,
+                               skip_bad_rewards=skip_bad_rewards)
     room = None if engine.max_context is None else engine.max_context - sampling.max_new_tokens
     prompt_ids, prompt_mask = encode_batch(tokenizer, examples, group_size, chat_template, max_prompt_tokens=room,
                                            width=prompt_width)

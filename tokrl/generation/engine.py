@@ -20,8 +20,9 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from tokrl.generation.sampling import inverse_cdf, process_logits, row_uniforms
-from tokrl.losses import entropy as full_entropy
+from tokrl.generation.prompts import check_groups
+from tokrl.generation.prefill import prefill, row_noise
+from tokrl.generation.sampling import choose
 from tokrl.models.forward import autocast as autocast_context
 from tokrl.models.forward import decode, device_of
 from tokrl.training import distributed
@@ -42,6 +43,11 @@ class Engine(Protocol):
         """Sample completions of left-padded prompts (N, P): ``generate``'s arguments and result
         (tokens, lengths, logprobs, entropy; on the CPU)."""
 
+    def episodes(self, prompt_ids: Tensor, prompt_mask: Tensor, turns, sampling, *, seeds: Tensor | None = None,
+                 group_size: int = 1, generator: torch.Generator | None = None) -> None:
+        """Run multi-turn episodes to their ends (``generation.turns.Turns`` holds them and
+        their results; ``generation.multiturn``)."""
+
     def sync(self, model) -> None:
         """Take ``model``'s current weights (after an optimizer step or a checkpoint load)."""
 
@@ -61,6 +67,13 @@ class TokrlEngine:
         return generate(self.model, prompt_ids, prompt_mask, sampling, eos_id, pad_id, caps=caps, generator=generator,
                         autocast=autocast_context(self.dtype, device_of(self.model)), seeds=seeds,
                         group_size=group_size)
+
+    def episodes(self, prompt_ids: Tensor, prompt_mask: Tensor, turns, sampling, *, seeds: Tensor | None = None,
+                 group_size: int = 1, generator: torch.Generator | None = None) -> None:
+        from tokrl.generation.multiturn import run_episodes
+
+        run_episodes(self.model, prompt_ids, prompt_mask, turns, sampling, seeds=seeds, generator=generator,
+                     autocast=autocast_context(self.dtype, device_of(self.model)), group_size=group_size)
 
     def sync(self, model) -> None:
         """Nothing to copy: the engine runs the module that the optimizer updates."""
@@ -106,35 +119,6 @@ class Completions:
                 "logprobs": self.logprobs[:, :steps].cpu(), "entropy": self.entropy[:, :steps].cpu()}
 
 
-def check_groups(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int) -> None:
-    """Raise unless rows g*G .. g*G+G-1 hold G copies of one prompt."""
-    G, N = group_size, prompt_ids.shape[0]
-    if G > 1 and (N % G or not torch.equal(prompt_ids, prompt_ids[::G].repeat_interleave(G, dim=0))
-                  or not torch.equal(prompt_mask, prompt_mask[::G].repeat_interleave(G, dim=0))):
-        raise ValueError(f"generate: group_size={G} but the rows are not groups of {G} copies of one prompt")
-
-
-def choose(logits: Tensor, sampling, u: Tensor | None, filtered: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """One token per row from ``logits`` (N, V): greedy when u is None, else by inverse CDF at u (N,).
-
-    returns token (N,) long, its log-prob (N,) and the policy's entropy (N,), all under
-    the sampled distribution (``process_logits``). Without top-k / top-p the sampled
-    distribution is the tempered one, so its entropy comes from the same log-probs;
-    with them (``filtered``) the full tempered distribution needs its own pass.
-    """
-    z = process_logits(logits, sampling)                                   # (N, V) float32
-    logp_all = torch.log_softmax(z, dim=-1)
-    probs = logp_all.exp()
-    token = z.argmax(dim=-1) if u is None else inverse_cdf(probs, u)
-    logp = logp_all.gather(1, token[:, None]).squeeze(1)
-    if filtered:
-        tempered = logits.float() / sampling.temperature if sampling.temperature > 0 else logits.float()
-        ent = full_entropy(tempered[:, None, :]).squeeze(1)
-    else:
-        ent = -(probs * logp_all).sum(dim=-1)
-    return token, logp, ent
-
-
 @torch.no_grad()
 def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling, eos_id: int,
              pad_id: int, caps: Tensor | None = None, generator: torch.Generator | None = None,
@@ -162,22 +146,13 @@ def generate(model, prompt_ids: Tensor, prompt_mask: Tensor, sampling, eos_id: i
     caps = torch.full((N,), Tmax) if caps is None else caps.clamp(max=Tmax)
     caps = caps.to(device)
     out = Completions.empty(caps, Tmax, pad_id)
-    noise = None
-    if sampling.temperature > 0:
-        seeds = torch.randint(0, 2**62, (N,), generator=generator) if seeds is None else seeds
-        noise = row_uniforms(seeds, Tmax).to(device)                       # (N, Tmax) float64
+    noise = row_noise(sampling, seeds, N, Tmax, generator, device)        # (N, Tmax) float64, or None
     filtered = sampling.top_k > 0 or sampling.top_p < 1.0
-    attention = torch.cat([prompt_mask, torch.ones(N, Tmax, dtype=prompt_mask.dtype, device=device)], dim=1)
-    positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)              # (N, P)
     T = 0
     # one autocast region for the whole rollout: inside it, each weight is cast to the
     # autocast dtype once (autocast's cast cache), not once per token
     with autocast if autocast is not None else nullcontext():
-        logits, cache = decode(model, prompt_ids[::G], attention[::G, :P], positions[::G], logits_to_keep=1)
-        if G > 1:
-            cache.batch_repeat_interleave(G)                               # each prompt's cache, G times
-        logits = logits.repeat_interleave(G, dim=0)                        # (N, V)
-        next_pos = positions[:, -1:] + 1                                   # (N, 1)
+        logits, cache, attention, next_pos = prefill(model, prompt_ids, prompt_mask, G, Tmax)
         for t in range(Tmax):
             if distributed.all_done(out.done, model):
                 break

@@ -59,3 +59,11 @@ def encode_batch(tokenizer, examples: list[Example], group_size: int, chat_templ
     ids = torch.tensor([[pad] * (P - len(x)) + x for x in encoded for _ in range(group_size)], dtype=torch.long)
     mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in encoded for _ in range(group_size)], dtype=torch.long)
     return ids, mask
+
+
+def check_groups(prompt_ids: Tensor, prompt_mask: Tensor, group_size: int) -> None:
+    """Raise unless rows g*G .. g*G+G-1 hold G copies of one prompt."""
+    G, N = group_size, prompt_ids.shape[0]
+    if G > 1 and (N % G or not torch.equal(prompt_ids, prompt_ids[::G].repeat_interleave(G, dim=0))
+                  or not torch.equal(prompt_mask, prompt_mask[::G].repeat_interleave(G, dim=0))):
+        raise ValueError(f"generate: group_size={G} but the rows are not groups of {G} copies of one prompt")

@@ -16,6 +16,8 @@ import hashlib
 import torch
 from torch import Tensor
 
+from tokrl.losses import entropy as full_entropy
+
 
 def process_logits(logits: Tensor, sampling) -> Tensor:
     """The logits of the distribution actually sampled from.
@@ -56,6 +58,13 @@ def sample_seeds(seed: int, step: int, first_prompt: int, num_prompts: int, grou
                         dtype=torch.long)
 
 
+def env_seeds(seed: int, step: int, first_prompt: int, num_prompts: int) -> list[int]:
+    """The seed of each prompt's environments (multi-turn tasks): a hash of (seed, step, p),
+    shared by the prompt's G samples, so they face the same environment, on any process."""
+    keys = [f"env:{seed}:{step}:{p}".encode() for p in range(first_prompt, first_prompt + num_prompts)]
+    return [int.from_bytes(hashlib.blake2b(k, digest_size=8).digest(), "little") >> 1 for k in keys]
+
+
 def row_uniforms(seeds: Tensor, steps: int) -> Tensor:
     """(N, steps) float64 uniforms in [0, 1): row i from its own generator seeded with seeds[i].
 
@@ -78,3 +87,24 @@ def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     # is one of a token with mass (a zero-probability token is a flat step: never hit)
     x = torch.minimum(u[:, None].double() * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, x, right=True).squeeze(1)               # cdf[i-1] <= x < cdf[i]
+
+
+def choose(logits: Tensor, sampling, u: Tensor | None, filtered: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One token per row from ``logits`` (N, V): greedy when u is None, else by inverse CDF at u (N,).
+
+    returns token (N,) long, its log-prob (N,) and the policy's entropy (N,), all under
+    the sampled distribution (``process_logits``). Without top-k / top-p the sampled
+    distribution is the tempered one, so its entropy comes from the same log-probs;
+    with them (``filtered``) the full tempered distribution needs its own pass.
+    """
+    z = process_logits(logits, sampling)                                   # (N, V) float32
+    logp_all = torch.log_softmax(z, dim=-1)
+    probs = logp_all.exp()
+    token = z.argmax(dim=-1) if u is None else inverse_cdf(probs, u)
+    logp = logp_all.gather(1, token[:, None]).squeeze(1)
+    if filtered:
+        tempered = logits.float() / sampling.temperature if sampling.temperature > 0 else logits.float()
+        ent = full_entropy(tempered[:, None, :]).squeeze(1)
+    else:
+        ent = -(probs * logp_all).sum(dim=-1)
+    return token, logp, ent

@@ -123,6 +123,39 @@ class VLLMEngine:
             samples[i] = (list(c.token_ids), [c.logprobs[t][tok].logprob for t, tok in enumerate(c.token_ids)])
         return pack(samples, pad_id)
 
+    def episodes(self, prompt_ids: Tensor, prompt_mask: Tensor, turns, sampling, *, seeds: Tensor | None = None,
+                 group_size: int = 1, generator: torch.Generator | None = None) -> None:
+        """The ``Engine`` protocol's multi-turn episodes, one vLLM call per round of turns: each
+        unfinished episode's whole conversation so far goes in as token ids (prefix caching
+        reuses what an earlier round computed), its turn comes back and is fed to ``turns``
+        token by token up to where the turn ends (the stop string is found there: vLLM runs
+        without a tokenizer; what it sampled past the stop is dropped), then the environment's
+        observation ids. A row's seed for round k is its seed plus k."""
+        from vllm.inputs import TokensPrompt
+
+        N, eos = prompt_ids.shape[0], turns.tokenizer.eos_token_id
+        if sampling.temperature > 0 and seeds is None:
+            seeds = torch.randint(0, 2**62, (N,), generator=generator)
+        prompts = [row[mask.bool()].tolist() for row, mask in zip(prompt_ids, prompt_mask)]
+        for k in range(turns.budget):
+            todo = [i for i in range(N) if not turns.done(i)]
+            if not todo:
+                return
+            contexts = [prompts[i] + turns.episodes[i].ids for i in todo]
+            caps = torch.tensor([min(turns.turn_cap, turns.budget - len(turns.episodes[i].ids)) for i in todo])
+            self.check_room(contexts, caps)
+            params = [self.params(sampling, int(c), eos, None if seeds is None else int(seeds[i]) + k)
+                      for i, c in zip(todo, caps)]
+            outputs = self.llm.generate([TokensPrompt(prompt_token_ids=c) for c in contexts], params, use_tqdm=False)
+            for i, out in zip(todo, outputs):
+                c, turn = out.outputs[0], turns.episodes[i].turns
+                for t, token in enumerate(c.token_ids):
+                    turns.add(i, token, c.logprobs[t][token].logprob, 0.0)
+                    if turns.done(i) or turns.episodes[i].turns > turn:
+                        break
+                while turns.forced(i) is not None:
+                    turns.add(i, turns.forced(i), 0.0, 0.0)
+
     @staticmethod
     def params(sampling, max_tokens: int, eos_id: int, seed: int | None):
         from vllm import SamplingParams

@@ -74,17 +74,22 @@ def encode_example(tokenizer, prompt: str, completion: str, chat_template: bool 
     return prompt_ids + completion_ids, len(prompt_ids)
 
 
-def collate(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+def collate(examples: list[tuple], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded batch: input_ids (B, L) long, attention (B, L) long, labels (B, L) long
-    holding the token id on completion positions and IGNORE on prompt and padding."""
-    L = max(len(ids) for ids, _ in examples)
+    holding the token id on completion positions and IGNORE on prompt and padding.
+
+    A row is (ids, P), or (ids, P, targets) with targets one bool per completion id: a
+    multi-turn demonstration, whose environment ids (False) are context, never targets."""
+    L = max(len(row[0]) for row in examples)
     ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
     attention = torch.zeros(len(examples), L, dtype=torch.long)
     labels = torch.full((len(examples), L), IGNORE, dtype=torch.long)
-    for i, (seq, P) in enumerate(examples):
+    for i, (seq, P, *targets) in enumerate(examples):
         ids[i, : len(seq)] = torch.tensor(seq)
         attention[i, : len(seq)] = 1
         labels[i, P: len(seq)] = torch.tensor(seq[P:])
+        if targets:
+            labels[i, P: len(seq)].masked_fill_(~torch.tensor(targets[0], dtype=torch.bool), IGNORE)
     return ids, attention, labels
 
 

@@ -19,8 +19,9 @@ For ``reward_model``: ``level`` (sequence, or step for a process reward model, w
 ``step_separator`` (default: the one it was trained with) and ``differences`` (pay
 p_k − p_{k−1}, so the return telescopes to the last step's score)), ``batch_size``,
 ``dtype``. For ``fn``: ``level`` (sequence or token), ``conversational`` (TRL's message
-format) and any other key is passed to the function as a keyword argument on
-every call. For a built-in, the other keys are the factory's options.
+format), ``factory`` (a mapping: ``fn`` is a factory, called once with these keyword
+arguments, and what it returns is the reward) and any other key is passed to the
+function as a keyword argument on every call. For a built-in, the other keys are the factory's options.
 """
 
 from __future__ import annotations
@@ -42,59 +43,60 @@ KINDS = ("name", "fn", "reward_model")
 COMMON = ("weight", "label", "shaped")
 
 
-def load_callable(path: str) -> Callable:
+def load_callable(path: str, what: str = "reward fn") -> Callable:
     """The object named by ``module:attr`` (dotted attributes allowed) or ``file.py:attr``.
 
     A module is looked up on sys.path and then in the current directory. Raises
-    RewardError saying whether the module or the name is missing.
+    RewardError saying whether the module or the name is missing (``what``: how the
+    message names the setting, e.g. "task.name").
     """
     if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
-        raise RewardError(f"reward fn {path!r} is not of the form module:function (e.g. my_rewards:score)")
+        raise RewardError(f"{what} {path!r} is not of the form module:function (e.g. my_rewards:score)")
     module_name, attr = path.split(":")
     if module_name.endswith(".py"):
         file = Path(module_name).expanduser()
         if not file.is_file():
-            raise RewardError(f"reward fn {path!r}: file {file} not found")
+            raise RewardError(f"{what} {path!r}: file {file} not found")
         spec = importlib.util.spec_from_file_location(f"tokrl_user_rewards.{file.stem}", file)
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)
         except Exception as e:
-            raise RewardError(f"reward fn {path!r}: importing {file} failed: {type(e).__name__}: {e}") from e
+            raise RewardError(f"{what} {path!r}: importing {file} failed: {type(e).__name__}: {e}") from e
     else:
-        module = _import(module_name, path)
+        module = _import(module_name, path, what)
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = sorted(n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n)))
-            raise RewardError(f"reward fn {path!r}: module {module_name} has no {attr!r}; "
+            raise RewardError(f"{what} {path!r}: module {module_name} has no {attr!r}; "
                               f"callables there: {', '.join(names) or 'none'}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise RewardError(f"reward fn {path!r} is a {type(obj).__name__}, not a function")
+        raise RewardError(f"{what} {path!r} is a {type(obj).__name__}, not a function")
     return obj
 
 
-def _import(module_name: str, path: str):
+def _import(module_name: str, path: str, what: str = "reward fn"):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         missing = e.name or ""
         # not the module itself but something it imports: say so
         if missing and missing != module_name and not module_name.startswith(missing + "."):
-            raise RewardError(f"reward fn {path!r}: module {module_name} imports {missing!r}, "
+            raise RewardError(f"{what} {path!r}: module {module_name} imports {missing!r}, "
                               f"which is not installed") from e
         cwd = os.getcwd()
         if cwd not in sys.path and "" not in sys.path:   # the console script does not put . on sys.path
             sys.path.insert(0, cwd)
             try:
-                return _import(module_name, path)
+                return _import(module_name, path, what)
             finally:
                 sys.path.remove(cwd)
-        raise RewardError(f"reward fn {path!r}: no module named {module_name!r} (looked on sys.path and in "
+        raise RewardError(f"{what} {path!r}: no module named {module_name!r} (looked on sys.path and in "
                           f"{cwd})") from None
     except Exception as e:
-        raise RewardError(f"reward fn {path!r}: importing {module_name} failed: {type(e).__name__}: {e}") from e
+        raise RewardError(f"{what} {path!r}: importing {module_name} failed: {type(e).__name__}: {e}") from e
 
 
 def _check_options(factory: Callable, options: dict[str, Any], what: str, given: tuple[str, ...] = ()) -> None:
@@ -141,6 +143,8 @@ def build_reward(spec: dict[str, Any], tokenizer=None) -> Reward:
             raise RewardError(f"reward fn {spec['fn']!r}: level must be sequence or token, got {level!r}")
         fn = load_callable(spec["fn"])
         label = spec.get("label", getattr(fn, "__name__", None) or spec["fn"].split(":")[1])
+        if "factory" in options:
+            fn = _from_factory(fn, options.pop("factory"), spec["fn"])
         if options:
             fn = _bind(fn, options, spec["fn"])
         reward = Reward(name=label, fn=fn, weight=weight, level=level, conversational=bool(conversational))
@@ -172,6 +176,20 @@ def _reward_model(spec: dict[str, Any], options: dict[str, Any], weight: float, 
     _check_options(StepRewardModelReward, options, "reward_model (level: step)", given=("directory", "tokenizer"))
     fn = StepRewardModelReward(spec["reward_model"], tokenizer, **options)
     return Reward(name=label, fn=fn, weight=weight, level=TOKEN)
+
+
+def _from_factory(factory: Callable, kwargs: Any, path: str) -> Callable:
+    """``{fn: module:factory, factory: {keyword arguments}}``: call the factory once; what it
+    returns is the reward (e.g. TRL's ``get_soft_overlong_punishment``)."""
+    if not isinstance(kwargs, dict):
+        raise RewardError(f"reward fn {path!r}: factory must be a mapping of keyword arguments, got {kwargs!r}")
+    try:
+        fn = factory(**kwargs)
+    except Exception as e:
+        raise RewardError(f"reward fn {path!r}: calling the factory failed: {type(e).__name__}: {e}") from None
+    if not callable(fn):
+        raise RewardError(f"reward fn {path!r}: the factory returned a {type(fn).__name__}, not a reward function")
+    return fn
 
 
 def _bind(fn: Callable, options: dict[str, Any], path: str) -> Callable:

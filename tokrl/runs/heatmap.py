@@ -1,6 +1,7 @@
 """The run report's token-level heatmap: each generated token of a few early, middle and
 late training samples coloured by its advantage, with its per-token reward in a strip
-underneath, so you can see where the credit went."""
+underneath, so you can see where the credit went. In a multi-turn episode the environment's
+tokens (``policy`` 0 in samples.jsonl) are greyed: they are state, never credited."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ SAMPLES_PER_SNAPSHOT = 4
 """training samples shown per snapshot (early, middle, late) of the heatmap"""
 ADVANTAGE_CMAP = "RdBu"      # red: made less likely, blue: made more likely
 REWARD_CMAP = "PiYG"         # pink: penalty, green: reward
+ENV_COLOURS = ("#e2e8f0", "#64748b")   # background, text of an environment token
 
 
 def snapshots(samples: list[dict]) -> list[tuple[str, int, list[dict]]]:
@@ -51,13 +53,16 @@ def sample_row(sample: dict, adv_scale: float, rew_scale: float | None, adv_cmap
     Each token's background is its advantage on ±adv_scale; with rew_scale, a strip
     under it shows its reward on ±rew_scale. The title (tooltip) has the numbers.
     """
-    advs, rews = numbers(sample.get("advantages")), numbers(sample.get("rewards"))
+    advs, rews, env = numbers(sample.get("advantages")), numbers(sample.get("rewards")), env_tokens(sample)
     cells = []
     for t, text in enumerate(sample["token_texts"]):
-        a = advs[t] if t < len(advs) else None
+        a = advs[t] if t < len(advs) and t not in env else None
         r = rews[t] if t < len(rews) else None
         bg, fg = colour(a, adv_scale, adv_cmap) if a is not None else ("#f1f5f9", "#0f172a")
-        title = (f"token {t}: {str(text)!r}" + (f" · advantage {signed(a, 4)}" if a is not None else "")
+        if t in env:
+            bg, fg = ENV_COLOURS
+        title = (f"{'environment token' if t in env else 'token'} {t}: {str(text)!r}"
+                 + (f" · advantage {signed(a, 4)}" if a is not None else "")
                  + (f" · reward {signed(r, 4)}" if r is not None else ""))
         strip = ""
         if rew_scale is not None:
@@ -70,7 +75,13 @@ def sample_row(sample: dict, adv_scale: float, rew_scale: float | None, adv_cmap
             f'<span class="score">score {fmt(score_of(sample), 2)}</span></div>')
 
 
-def legend(adv_cmap, rew_cmap, rew_scale: float | None) -> str:
+def env_tokens(sample: dict) -> set[int]:
+    """The positions of a multi-turn sample's environment tokens (``policy`` 0)."""
+    policy = sample.get("policy")
+    return {t for t, p in enumerate(policy) if p == 0} if isinstance(policy, list) else set()
+
+
+def legend(adv_cmap, rew_cmap, rew_scale: float | None, multi_turn: bool = False) -> str:
     legend = (f'<div class="legend"><div><span class="name">token: advantage A<sub>t</sub></span>'
               f'<span class="bar" style="background:{gradient(adv_cmap)}"></span>'
               '<span class="ends"><span>− made less likely</span><span>0</span>'
@@ -80,6 +91,10 @@ def legend(adv_cmap, rew_cmap, rew_scale: float | None) -> str:
                    f'<span class="bar thin" style="background:{gradient(rew_cmap)}"></span>'
                    f'<span class="ends"><span>−{fmt(rew_scale, 2)}</span><span>0</span>'
                    f'<span>+{fmt(rew_scale, 2)}</span></span></div>')
+    if multi_turn:
+        legend += (f'<div><span class="name">grey: environment tokens</span><span class="envkey" style="background:'
+                   f'{ENV_COLOURS[0]};color:{ENV_COLOURS[1]}">observation</span><span class="ends"><span>state, '
+                   'never actions: no advantage, no gradient</span></span></div>')
     return legend + "</div>"
 
 
@@ -107,4 +122,5 @@ def heatmap(samples: list[dict]) -> str:
         blocks.append(f'<div class="snapshot"><h3>{label} <span class="muted">· step {step} · {scale}</span></h3>'
                       f'{rows}</div>')
     note = "" if has_adv else '<p class="note">This run logged no advantages; tokens are uncoloured.</p>'
-    return legend(adv_cmap, rew_cmap, rew_scale) + note + "".join(blocks)
+    multi_turn = any(env_tokens(s) for s in shown)
+    return legend(adv_cmap, rew_cmap, rew_scale, multi_turn) + note + "".join(blocks)

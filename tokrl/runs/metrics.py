@@ -162,6 +162,9 @@ class MetricsWriter:
                       "rewards": [round(x, 6) for x in batch.rewards[i, :n].tolist()]}
             if batch.advantages is not None:
                 record["advantages"] = [round(x, 6) for x in batch.advantages[i, :n].tolist()]
+            policy = batch.mask[i, :n]
+            if 0 < float(policy.sum()) < n:     # a multi-turn episode: 0 on the environment's tokens
+                record["policy"] = [int(x) for x in policy.tolist()]
             self._write("samples", record)
 
     def close(self) -> None:

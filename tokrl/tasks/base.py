@@ -24,9 +24,10 @@ class Task:
         """All examples of ``split`` ("train" or "test")."""
         raise NotImplementedError
 
-    def demonstration(self, example: Example) -> str | None:
+    def demonstration(self, example: Example) -> str | list[str] | None:
         """A right completion of ``example`` in the expected format, for the supervised warm
-        start (``warm_start`` in a recipe); None when the task cannot write one."""
+        start (``warm_start`` in a recipe); a multi-turn task's is a list (the policy's turns
+        and the environment's observations, alternating); None when the task cannot write one."""
         return None
 
     def max_tokens(self, example: Example) -> int | None:
@@ -49,6 +50,50 @@ class Task:
     def last_scorable(self) -> list[bool] | None:
         """For the batch scored last, (N,): False where no reward could score the sample
         (its reward was reported as 0.0). None when every sample was scorable."""
+        return None
+
+
+class Environment:
+    """A multi-turn environment, in the spirit of gymnasium: it speaks between the policy's turns.
+
+    A turn is the policy's text up to a stop: EOS, one of ``stop`` (e.g. ``</calc>``), the
+    turn cap (sampling.max_new_tokens) or the episode's token budget. tokrl builds one
+    environment per episode (a deep copy of the one the task was given), sets ``rng`` (a
+    ``random.Random`` seeded from (run seed, step, prompt), so the G samples of a prompt face
+    the same environment and a resumed run the same one), then calls
+
+        prompt = env.reset(example)                       # the text the policy is prompted with
+        observation, reward, done, info = env.step(turn)  # after each policy turn
+
+    ``observation`` (a str, or None) is tokenized once and appended to the conversation (as
+    a user turn of the chat template when the model uses one, else inline after the stop);
+    ``reward`` lands on the last token of the turn that earned it. The episode ends when
+    ``done``, when the observation is None, or at task.options.max_turns /
+    max_episode_tokens (truncated, not an error).
+    """
+
+    name: str = "environment"
+    stop: tuple[str, ...] = ()
+    """strings that end a policy turn besides EOS (the turn includes the stop string)"""
+    rng: random.Random
+    """seeded by tokrl before each episode's reset"""
+
+    def examples(self, split: str) -> list[Example]:
+        """The episodes' examples of ``split`` ("train" or "test"): ``{"prompt": str, ...}``."""
+        raise NotImplementedError
+
+    def reset(self, example: Example) -> str:
+        """Start an episode of ``example``; returns the prompt text (by default example["prompt"])."""
+        return example["prompt"]
+
+    def step(self, turn: str) -> tuple[str | None, float, bool, dict[str, Any]]:
+        """The policy said ``turn``: (observation or None, reward, done, info)."""
+        raise NotImplementedError
+
+    def demonstration(self, example: Example) -> list[str] | None:
+        """A right episode of ``example`` for the supervised warm start: the policy's turns and
+        the environment's observations, alternating, starting with a policy turn (the
+        observations must be what ``step`` answers). None: the environment writes none."""
         return None
 
 

@@ -22,9 +22,10 @@ from tokrl.config import Config, SamplingConfig
 from tokrl.generation.batch import rollout
 from tokrl.generation.engine import Engine
 from tokrl.generation.prompts import longest_prompt
-from tokrl.generation.sampling import process_logits, sample_seeds
+from tokrl.generation.sampling import env_seeds, process_logits, sample_seeds
 from tokrl.models.forward import forward
 from tokrl.models.reference import Reference
+from tokrl.tasks import EnvironmentTask
 from tokrl.tasks.base import Example, Task
 from tokrl.training import distributed
 from tokrl.training.checkpoint import fault_point
@@ -121,7 +122,7 @@ def sample_batch(engine: Engine, tokenizer, task: Task, examples: list[Example],
     with torch.no_grad():
         batch = rollout(engine, tokenizer, task, mine, t.group_size, cfg.sampling,
                         chat_template=cfg.model.chat_template, seeds=sample_seeds(t.seed, step, first, len(mine), t.group_size), prompt_width=width,
-                        skip_bad_rewards=t.on_bad_reward == "skip")
+                        skip_bad_rewards=t.on_bad_reward == "skip", env_seeds=env_seeds(t.seed, step, first, len(mine)))
     batch.prompt_index += first
     return batch
 
@@ -177,7 +178,9 @@ def collect(engine: Engine, model, head, reference: Reference | None, tokenizer,
     task_scores = batch.scores                             # before any KL penalty
     drawn_scores = task_scores if drawn is None else drawn.scores
     batch, kl_seq = estimate(batch, recipe, baseline, beta)
-    metrics = {**step_metrics(batch, drawn_scores, cfg.sampling.max_new_tokens), **components,
+    # a multi-turn episode's cap is its token budget (observations included), not one turn's
+    cap = task.max_episode_tokens if isinstance(task, EnvironmentTask) else cfg.sampling.max_new_tokens
+    metrics = {**step_metrics(batch, drawn_scores, cap), **components,
                "kl/ref_per_seq": kl_seq, "kl/coef": beta, "time/rollout_s": t_rollout}
     if drawn is not None:
         batch.mask = batch.mask * drawn.trained[:, None]     # fillers leave the loss
@@ -214,7 +217,7 @@ def step_metrics(batch: Rollout, task_scores: Tensor, cap: int) -> dict[str, flo
     """What the log shows of a scored batch: rewards, entropy, lengths, advantages, critic.
 
     task_scores: the scores of every sample drawn (those of the batch, unless dynamic
-    sampling drew more); cap: sampling.max_new_tokens.
+    sampling drew more); cap: sampling.max_new_tokens (a multi-turn task's max_episode_tokens).
     """
     mask = batch.mask
     n_tokens = max(float(mask.sum()), 1.0)

@@ -150,7 +150,8 @@ def evaluator(state: TrainState, cfg: Config) -> Callable[[], tuple[dict[str, fl
 
     def run_eval() -> tuple[dict[str, float], list[dict]]:
         # every process evaluates the same examples: under FSDP each forward pass needs them all
-        return evaluate(state.engine, state.tokenizer, state.task, test, sampling, cfg.model.chat_template)
+        return evaluate(state.engine, state.tokenizer, state.task, test, sampling, cfg.model.chat_template,
+                        skip_bad=cfg.train.on_bad_reward == "skip")
     return run_eval
 
 

@@ -21,7 +21,7 @@ from tokrl.models.heads import ValueHead
 from tokrl.models.load import load_policy
 from tokrl.models.reference import Reference
 from tokrl.runs.health import Limits, Tracker
-from tokrl.tasks import PromptSampler, Task, build_task
+from tokrl.tasks import EnvironmentTask, PromptSampler, Task, build_task
 from tokrl.training import distributed
 from tokrl.training.buffer import ExperienceBuffer
 from tokrl.training.update import Learner
@@ -123,7 +123,10 @@ def build_engine(cfg: Config, model, tokenizer, task: Task) -> Engine:
     t = cfg.train
     examples = task.examples("train") + task.examples("test")[: t.eval_samples]
     rows = max(t.prompts_per_step * t.group_size // distributed.world_size(), min(t.eval_samples, EVAL_BATCH))
+    prompt_tokens = longest_prompt(tokenizer, examples, cfg.model.chat_template)
+    if isinstance(task, EnvironmentTask):    # an episode holds max_episode_tokens after its prompt
+        prompt_tokens += max(task.max_episode_tokens - cfg.sampling.max_new_tokens, 0)
     engine = VLLMEngine(resolve_model(cfg.model.name, cfg.model.cache_dir), cfg, rows=rows,
-                        prompt_tokens=longest_prompt(tokenizer, examples, cfg.model.chat_template))
+                        prompt_tokens=prompt_tokens)
     engine.sync(model)        # a vLLM engine shared in the process may hold another run's weights
     return engine
