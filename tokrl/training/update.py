@@ -9,9 +9,8 @@ process and W processes make the same update.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -143,7 +142,8 @@ def accumulate(learner: Learner, mb: Rollout, recipe: Recipe, cfg: Config, beta:
     """
     world = distributed.world_size()
     trained = contributing_rows(mb, recipe)
-    tokens, seqs = mb.mask.sum(dim=1), (mb.mask.sum(dim=1) > 0).float()
+    tokens = mb.mask.sum(dim=1)                                       # (n,)
+    seqs = (tokens > 0).float()
     counts = torch.stack([tokens.sum(), seqs.sum(), tokens[trained].sum(), seqs[trained].sum(),
                           torch.tensor(float(len(trained)))])
     num_tokens, num_seqs, *trained_counts, num_rows = distributed.all_reduce_sum(counts)  # the whole minibatch's
@@ -153,7 +153,7 @@ def accumulate(learner: Learner, mb: Rollout, recipe: Recipe, cfg: Config, beta:
     for i, rows in enumerate(parts):
         micro = mb.select(rows if len(rows) else torch.zeros(1, dtype=torch.long))
         if not len(rows):                             # a pass that adds nothing: one row, masked out
-            micro = dataclasses.replace(micro, mask=torch.zeros_like(micro.mask))
+            micro = replace(micro, mask=torch.zeros_like(micro.mask))
         with distributed.accumulating(list(learner.trained()), sync=i == len(parts) - 1):
             loss, micro_stats = microbatch_loss(learner, micro, recipe, cfg, beta, num_tokens, num_seqs,
                                                 trained_counts)
