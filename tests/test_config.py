@@ -224,6 +224,11 @@ def test_float16_error_says_why():
     assert "CPU" in error_of(None, ["model.dtype=float16"])
 
 
+def test_compile_and_activation_checkpointing_are_refused_together():
+    message = error_of(None, ["train.compile=true", "train.activation_checkpointing=true"])
+    assert "cannot be combined" in message
+
+
 def test_boundary_values_are_valid():
     cfg = load_config(None, ["sampling.top_p=1", "sampling.temperature=0", "algo.gamma=0", "algo.lam=1",
                              "train.max_steps=0", "algo.dual_clip=1.5"])

@@ -262,6 +262,8 @@ def test_the_batch_must_split_over_the_processes(tiny_model_dir):
         distributed.check(cfg("train.prompts_per_step=4", "train.minibatch_size=6"), 2)
     with pytest.raises(ConfigError, match="dist.strategy"):
         cfg("dist.strategy=zero3")
+    with pytest.raises(ConfigError, match=r"train.compile runs in one process only \(this run has 2\)"):
+        distributed.check(cfg("train.prompts_per_step=4", "train.compile=true"), 2)
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])

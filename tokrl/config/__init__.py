@@ -106,6 +106,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.log.wandb_mode in ("offline", "online"), "log.wandb_mode must be offline or online")
     _check(t.on_bad_reward in ("error", "skip"), "train.on_bad_reward must be error or skip")
     _check(t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1")
+    _check(not (t.compile and t.activation_checkpointing),
+           "train.compile and train.activation_checkpointing cannot be combined: pick speed (compile) or memory")
     _check(not t.dynamic_sampling or t.group_size >= 2,
            "train.dynamic_sampling compares the samples of one prompt: set train.group_size >= 2")
     _check(t.max_resample >= 0, "train.max_resample must be >= 0")

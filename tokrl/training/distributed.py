@@ -92,6 +92,8 @@ def check(cfg: Config, world: int) -> None:
     t = cfg.train
     if world == 1:
         return
+    if t.compile:
+        raise ConfigError(f"train.compile runs in one process only (this run has {world}); set it to false")
     if t.prompts_per_step % world:
         raise ConfigError(f"train.prompts_per_step={t.prompts_per_step} does not split over {world} processes "
                           f"(each rolls out prompts_per_step / {world} prompts with all their samples); "
