@@ -112,7 +112,8 @@ def heldout_curve(run_dir: Path, answers: dict[str, str], separator: str) -> lis
 
     by_step: dict[int, list[float]] = {}
     for r in read_jsonl(run_dir / "eval_samples.jsonl"):
-        by_step.setdefault(r["step"], []).append(float(final_answer(r["completion"], separator) == answers[r["prompt"]]))
+        right = final_answer(r["completion"], separator) == answers[r["prompt"]]
+        by_step.setdefault(r["step"], []).append(float(right))
     return [[step, sum(v) / len(v)] for step, v in sorted(by_step.items())]
 
 

@@ -80,7 +80,8 @@ def test_prm_rl_benchmark_quick_on_tiny_model(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == report and report["benchmark"] == "prm_rl"
-    assert report["configuration"]["quick"] is True and report["configuration"]["arms"] == ["outcome", "prm", "step_match"]
+    configuration = report["configuration"]
+    assert configuration["quick"] is True and configuration["arms"] == ["outcome", "prm", "step_match"]
     for arm in ("outcome", "prm", "step_match"):
         (run,) = report["results"][arm]["runs"]
         # held-out evaluations before training and after each of the 2 steps (eval_every 1)
@@ -91,5 +92,6 @@ def test_prm_rl_benchmark_quick_on_tiny_model(tmp_path):
         assert [w["steps"] for w in windows] == [[1, 1], [2, 2]]
         assert all(w["n_steps"] >= 1 and 0.0 <= w["agreement"] <= 1.0 for w in windows)
     assert "warm_start_solved" in report["results"]["outcome"]["runs"][0]
-    metrics = [json.loads(line) for line in (tmp_path / "runs" / "prm-seed0" / "metrics.jsonl").read_text().splitlines()]
+    metrics = (tmp_path / "runs" / "prm-seed0" / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in metrics]
     assert all("rewards/reward_model" in m and "rewards/outcome" in m for m in metrics)
