@@ -66,6 +66,35 @@ def test_extra_rewards_are_paid_beside_the_outcome_and_logged(tokenizer):
                                              "rewards/unscorable": 0.0}
 
 
+def test_rewards_read_the_raw_question_not_the_chat_formatted_prompt(policy):
+    # what a PRM trained on steps-data reads as its prompt is the bare question text
+    import copy
+
+    from tokrl.config import SamplingConfig
+    from tokrl.generation.batch import rollout
+    from tokrl.rewards.base import Reward, TOKEN
+
+    model, tokenizer = policy
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = "{% for m in messages %}user: {{ m['content'] }} {% endfor %}assistant:"
+    task = Stepwise(chat, num_train=4, num_test=2, separator=",")
+    seen = []
+
+    def capture(prompts, completion_ids):
+        seen.extend(prompts)
+        return [[0.0] * len(ids) for ids in completion_ids]
+
+    task.set_rewards([*task.rewards, Reward(name="capture", fn=capture, level=TOKEN)], "the stepwise task")
+    examples = task.examples("train")[:2]
+    batch = rollout(model, chat, task, examples, 2, SamplingConfig(max_new_tokens=3), chat_template=True)
+    # the policy read the chat-formatted prompt ...
+    ids = batch.prompt_ids[0][batch.prompt_mask[0].bool()].tolist()
+    assert chat.decode(ids, skip_special_tokens=True).startswith("user: start at ")
+    # ... the rewards the bare question
+    assert seen == [examples[0]["prompt"]] * 2 + [examples[1]["prompt"]] * 2
+    assert all(p.startswith("start at ") for p in seen)
+
+
 @pytest.mark.parametrize("options, message", [
     ({"min_ops": 3, "max_ops": 2}, "need 1 <= min_ops <= max_ops"),
     ({"num_test": 0}, "num_train and num_test must be >= 1"),
