@@ -67,3 +67,31 @@ def test_checkpointing_benchmark_quick_on_tiny_model(tmp_path):
         assert child["parent_rss_mib"] < child["rss_before_update_mib"]
     ratios = report["ratios"]
     assert ratios["checkpointed_over_plain_update_s"] > 0 and ratios["plain_over_checkpointed_peak_rss"] > 0
+
+
+@pytest.mark.slow
+def test_prm_rl_benchmark_quick_on_tiny_model(tmp_path):
+    out = tmp_path / "prm_rl.json"
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "prm_rl.py"), "--quick", "--runs-dir", str(tmp_path / "runs"),
+         "--cache-dir", os.environ.get("TOKRL_CACHE", str(tmp_path / "cache")), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == report and report["benchmark"] == "prm_rl"
+    configuration = report["configuration"]
+    assert configuration["quick"] is True and configuration["arms"] == ["outcome", "prm", "step_match"]
+    for arm in ("outcome", "prm", "step_match"):
+        (run,) = report["results"][arm]["runs"]
+        # held-out evaluations before training and after each of the 2 steps (eval_every 1)
+        assert [step for step, _ in run["curve"]] == [0, 1, 2]
+        assert all(0.0 <= acc <= 1.0 for _, acc in run["curve"]) and run["wall_s"] > 0
+        # the gaming check reads every training sample: 2 prompts x 2 samples x 2 steps
+        windows = run["prm_vs_checker"]
+        assert [w["steps"] for w in windows] == [[1, 1], [2, 2]]
+        assert all(w["n_steps"] >= 1 and 0.0 <= w["agreement"] <= 1.0 for w in windows)
+    assert "warm_start_solved" in report["results"]["outcome"]["runs"][0]
+    metrics = (tmp_path / "runs" / "prm-seed0" / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in metrics]
+    assert all("rewards/reward_model" in m and "rewards/outcome" in m for m in metrics)

@@ -93,8 +93,9 @@ class WarmStartConfig:
     each train-split prompt, written by the task) fitted by maximum likelihood before the
     first RL step, so RL starts from a policy that already answers in the expected format
     (0: off). Runs once, after the evaluation before training; the held-out evaluation after
-    it is written to warm_start.json. Only tasks that write demonstrations (arithmetic, and the environments calculator and
-    guess_number, whose demonstrations are whole episodes: the loss is on the policy's turns) take it"""
+    it is written to warm_start.json. Only tasks that write demonstrations (arithmetic,
+    stepwise, and the environments calculator and guess_number, whose demonstrations are
+    whole episodes: the loss is on the policy's turns) take it"""
     lr: float = 1e-3
     """its AdamW learning rate (its own optimizer: RL's starts fresh afterwards)"""
     batch_size: int = 8

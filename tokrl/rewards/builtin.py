@@ -17,6 +17,9 @@ list of acceptable answers / references.
 | length         | sequence | 1 − |n − target| / target, floored at 0 (n in chars, words or tokens) |
 | format         | sequence | 1 if a regular expression matches the completion, else 0 |
 | repetition     | token    | −penalty on each token that completes an n-gram seen before in the completion |
+| step_match     | token    | 1 / 0 per step of multi-step arithmetic, right or wrong (``rewards.step_match``) |
+
+A factory with a ``tokenizer`` parameter is given the policy's tokenizer.
 
 The optional packages (math-verify, sacrebleu, rouge-score, vaderSentiment) are
 imported when a reward that needs one is built, with a message naming the
@@ -33,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tokrl.rewards.base import SEQUENCE, TOKEN
+from tokrl.rewards.step_match import step_match
 
 RewardFn = Callable[..., list]
 
@@ -293,4 +297,5 @@ BUILTIN: dict[str, Callable[..., RewardFn]] = {
     "length": length,
     "format": format_match,
     "repetition": repetition,
+    "step_match": step_match,
 }

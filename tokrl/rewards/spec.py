@@ -129,9 +129,12 @@ def build_reward(spec: dict[str, Any], tokenizer=None) -> Reward:
         if name not in BUILTIN:
             raise RewardError(f"unknown reward {name!r}; built-in rewards: {', '.join(sorted(BUILTIN))} "
                               f"(or use fn: module:function, or reward_model: a directory)")
-        _check_options(BUILTIN[name], options, name)
+        given = ("tokenizer",) if "tokenizer" in inspect.signature(BUILTIN[name]).parameters else ()
+        _check_options(BUILTIN[name], options, name, given)
+        if given and tokenizer is None:
+            raise RewardError(f"reward {name}: it needs the policy's tokenizer")
         try:
-            fn = BUILTIN[name](**options)
+            fn = BUILTIN[name](**options, **({"tokenizer": tokenizer} if given else {}))
         except (TypeError, ValueError) as e:
             raise RewardError(f"reward {name}: {e}") from None
         reward = Reward(name=spec.get("label", name), fn=fn, weight=weight,

@@ -162,6 +162,17 @@ def step_token_positions(char_ends: list[int], spans: Spans) -> list[int]:
     return out
 
 
+def pay_steps(tokenizer, ids: list[int], spans: Spans, paid: list[float]) -> list[float]:
+    """(T,) token rewards of one completion of ``ids``: each step's pay (one per span of the
+    decoded text) on the token that writes the step's last character, 0 elsewhere; two steps
+    ending in one token are both paid there."""
+    out = [0.0] * len(ids)
+    if spans:
+        for t, r in zip(step_token_positions(token_char_ends(tokenizer, ids), spans), paid):
+            out[t] += r
+    return out
+
+
 class StepRewardModelReward:
     """A process reward model directory as a token-level reward: each step of the policy's
     completion (split on ``step_separator`` in the decoded text) is scored by the PRM, and
@@ -205,7 +216,5 @@ class StepRewardModelReward:
         for i, p in zip(rows, scores):
             # a step cut off by the PRM's context (None) earns 0; with differences it keeps p_{k-1}
             paid = shape(p) if self.differences else [0.0 if x is None else x for x in p]
-            positions = step_token_positions(token_char_ends(self.tokenizer, completion_ids[i]), spans[i])
-            for t, r in zip(positions, paid):
-                out[i][t] += r                       # two steps ending in one token: both paid there
+            out[i] = pay_steps(self.tokenizer, completion_ids[i], spans[i], paid)
         return out

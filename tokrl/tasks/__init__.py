@@ -9,9 +9,11 @@ from tokrl.tasks.calculator import Calculator
 from tokrl.tasks.guess_number import GuessNumber
 from tokrl.tasks.multiturn import EnvironmentTask, build_environment_task
 from tokrl.tasks.prompts import Prompts
+from tokrl.tasks.stepwise_task import Stepwise
 from tokrl.tasks.target_match import TargetMatch
 
-TASKS: dict[str, type[Task]] = {"arithmetic": Arithmetic, "prompts": Prompts, "target_match": TargetMatch}
+TASKS: dict[str, type[Task]] = {"arithmetic": Arithmetic, "prompts": Prompts, "stepwise": Stepwise,
+                             "target_match": TargetMatch}
 ENVIRONMENTS = {"calculator": Calculator, "guess_number": GuessNumber}
 """built-in multi-turn environments (``tokrl.env.Environment``), run as an EnvironmentTask"""
 
@@ -44,4 +46,4 @@ def build_task(name: str, tokenizer, **options) -> Task:
         raise ValueError(f"task {name}: bad task.options ({e})") from None
 
 
-__all__ = ["Arithmetic", "Calculator", "ENVIRONMENTS", "EnvironmentTask", "Example", "GuessNumber", "PromptSampler", "Prompts", "Task", "TargetMatch", "TASKS", "build_task"]
+__all__ = ["Arithmetic", "Calculator", "ENVIRONMENTS", "EnvironmentTask", "Example", "GuessNumber", "PromptSampler", "Prompts", "Stepwise", "Task", "TargetMatch", "TASKS", "build_task"]

@@ -40,40 +40,25 @@ from tokrl.rewards.spec import build_rewards
 from tokrl.tasks.base import Example, Task
 
 
-class Prompts(Task):
-    name = "prompts"
+class RewardsTask(Task):
+    """A task scored by a weighted list of rewards (``tokrl.rewards.spec``): token-level ones
+    through ``token_rewards``, sequence-level ones through ``sequence_rewards``. A subclass
+    calls ``set_rewards`` and keeps ``columns``, the example keys passed to the rewards."""
 
-    def __init__(self, tokenizer, path: str, rewards: list[dict[str, Any]], prompt_column: str = "prompt",
-                 test_path: str | None = None, test_fraction: float = 0.1, seed: int = 0, engine: str = "auto"):
-        self.tokenizer = tokenizer
-        train, test = load_table(path, [prompt_column], test_path, test_fraction, seed, engine,
-                                 option="task.options.prompt_column")
-        names = list(dict.fromkeys(k for row in train + test for k in row))
-        self.columns = [c for c in names if c != prompt_column]
-        for c in self.columns:
-            if c in (*RESERVED, "prompt"):
-                raise ValueError(f"{path}: column {c!r} clashes with an argument every reward gets; rename it")
-        self._splits = {"train": [self._example(r, prompt_column, path) for r in train],
-                        "test": [self._example(r, prompt_column, path) for r in test]}
-        self.rewards = build_rewards(rewards, tokenizer)
+    tokenizer: Any
+    columns: list[str]
+
+    def set_rewards(self, rewards: list, source: str, besides: str = "prompt") -> None:
+        """Use ``rewards`` (built Reward objects); each one's columns must be in ``self.columns``
+        (``source``, ``besides``: how a missing column's message names the data and its prompt)."""
+        self.rewards = rewards
         for r in self.rewards:
             for c in r.columns:
                 if c not in self.columns:
-                    raise ValueError(f"reward {r.name!r} needs the column {c!r}, which {path} does not have "
-                                     f"(columns: {', '.join(self.columns) or 'none'} besides {prompt_column})")
+                    raise ValueError(f"reward {r.name!r} needs the column {c!r}, which {source} does not have "
+                                     f"(columns: {', '.join(self.columns) or 'none'} besides {besides})")
         self.weights = {r.name: r.weight for r in self.rewards}
         self._batch: dict[str, Any] | None = None   # the batch scored last: texts, ids, values per reward
-
-    def _example(self, row: dict[str, Any], prompt_column: str, path: str) -> Example:
-        prompt = row[prompt_column]
-        if not isinstance(prompt, str) or not prompt:
-            raise ValueError(f"{path}: a row's {prompt_column!r} is {prompt!r}; every prompt must be non-empty text")
-        return {"prompt": prompt, **{c: row.get(c) for c in self.columns}}
-
-    def examples(self, split: str) -> list[Example]:
-        return self._splits[split]
-
-    # ------------------------------------------------------------------ scoring
 
     def _inputs(self, examples: list[Example]) -> tuple[list[str], dict[str, list[Any]]]:
         return [ex["prompt"] for ex in examples], {c: [ex.get(c) for ex in examples] for c in self.columns}
@@ -136,3 +121,30 @@ class Prompts(Task):
         scorable = self.last_scorable()
         out["rewards/unscorable"] = float(0 if scorable is None else scorable.count(False))
         return out
+
+
+class Prompts(RewardsTask):
+    name = "prompts"
+
+    def __init__(self, tokenizer, path: str, rewards: list[dict[str, Any]], prompt_column: str = "prompt",
+                 test_path: str | None = None, test_fraction: float = 0.1, seed: int = 0, engine: str = "auto"):
+        self.tokenizer = tokenizer
+        train, test = load_table(path, [prompt_column], test_path, test_fraction, seed, engine,
+                                 option="task.options.prompt_column")
+        names = list(dict.fromkeys(k for row in train + test for k in row))
+        self.columns = [c for c in names if c != prompt_column]
+        for c in self.columns:
+            if c in (*RESERVED, "prompt"):
+                raise ValueError(f"{path}: column {c!r} clashes with an argument every reward gets; rename it")
+        self._splits = {"train": [self._example(r, prompt_column, path) for r in train],
+                        "test": [self._example(r, prompt_column, path) for r in test]}
+        self.set_rewards(build_rewards(rewards, tokenizer), path, prompt_column)
+
+    def _example(self, row: dict[str, Any], prompt_column: str, path: str) -> Example:
+        prompt = row[prompt_column]
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"{path}: a row's {prompt_column!r} is {prompt!r}; every prompt must be non-empty text")
+        return {"prompt": prompt, **{c: row.get(c) for c in self.columns}}
+
+    def examples(self, split: str) -> list[Example]:
+        return self._splits[split]

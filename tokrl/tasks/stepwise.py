@@ -94,19 +94,26 @@ def random_question(rng: random.Random, min_ops: int, max_ops: int) -> tuple[int
     return rng.randint(1, 20), ops
 
 
+def distinct_questions(rng: random.Random, n: int, min_ops: int, max_ops: int
+                       ) -> dict[str, tuple[int, list[Operation]]]:
+    """``n`` distinct questions {text: (start, operations)}, in the order ``rng`` drew them."""
+    questions: dict[str, tuple[int, list[Operation]]] = {}
+    tries = 0
+    while len(questions) < n:
+        tries += 1
+        if tries > 100 * n:
+            raise ValueError(f"could not find {n} distinct questions with {min_ops}-{max_ops} operations; "
+                             f"ask for fewer or allow more operations")
+        start, ops = random_question(rng, min_ops, max_ops)
+        questions.setdefault(question_text(start, ops), (start, ops))
+    return questions
+
+
 def generate(cfg: StepsDataConfig) -> tuple[list[dict], list[dict]]:
     """(train rows, test rows): ``cfg.questions`` distinct questions, split by question."""
     cfg.validate()
     rng = random.Random(cfg.seed)
-    questions: dict[str, tuple[int, list[Operation]]] = {}
-    tries = 0
-    while len(questions) < cfg.questions:
-        tries += 1
-        if tries > 100 * cfg.questions:
-            raise ValueError(f"could not find {cfg.questions} distinct questions with {cfg.min_ops}-"
-                             f"{cfg.max_ops} operations; ask for fewer or allow more operations")
-        start, ops = random_question(rng, cfg.min_ops, cfg.max_ops)
-        questions.setdefault(question_text(start, ops), (start, ops))
+    questions = distinct_questions(rng, cfg.questions, cfg.min_ops, cfg.max_ops)
     order = list(questions)                     # insertion order: seeded
     rng.shuffle(order)
     n_test = min(max(round(cfg.test_fraction * len(order)), 1), len(order) - 1)
