@@ -241,8 +241,9 @@ def main(argv: list[str] | None = None) -> dict:
     })
     ratios = {f"{name}_vs_practical_peak": per_round(samples["practical"]["seconds"], samples[name]["seconds"])["median"]
               for name in variants}
-    if args.compile:
-        ratios["compiled_speedup"] = per_round(samples["update"]["seconds"], samples["update_compiled"]["seconds"])["median"]
+    for name in variants:                 # the compiled update and bf16 weights over today's update
+        if name != "update":
+            ratios[f"{name}_speedup"] = per_round(samples["update"]["seconds"], samples[name]["seconds"])["median"]
     ratios.update({
         "update_mfu_vs_same_dtype_square_matmul": per_round(samples["update"]["flops_per_s_detailed"],
                                                             samples[square]["flops_per_s"])["median"],

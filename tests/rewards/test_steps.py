@@ -43,9 +43,9 @@ def test_last_tokens_by_hand():
 
 
 def test_encode_solution_on_the_tiny_tokenizer(tokenizer):
-    # prompt "c=" (2 ids), then "ab,c": a=2 b=3 ,=4 c=5 in the whole sequence
+    # prompt "c=" (2 ids), then ",ab,c" (the separator parts prompt and first step): b=4 c=6
     ids, positions = encode_solution(tokenizer, "c=", ["ab", "c"], ",", max_length=None)
-    assert ids == [C, EQ, A, B, COMMA, C] and positions == [3, 5]
+    assert ids == [C, EQ, COMMA, A, B, COMMA, C] and positions == [4, 6]
     # cut to 3 tokens from the left: ",c" survives, the first step's last token is gone
     assert encode_solution(tokenizer, "c=", ["ab", "c"], ",", max_length=3) == ([B, COMMA, C], [0, 2])
     assert encode_solution(tokenizer, "c=", ["ab", "c"], ",", max_length=2) == ([COMMA, C], [-1, 1])
@@ -71,9 +71,9 @@ def test_a_step_score_is_the_score_of_the_text_up_to_that_step(prm):
     model, tokenizer = prm
     with torch.no_grad():
         logits, positions = step_logits(model, tokenizer, ["c="], [["ab", "ba", "c"]], ",")
-    assert positions == [[3, 6, 8]]
-    # the head at the last token of step k sees exactly the prompt and steps 1..k
-    for k, text in enumerate(["ab", "ab,ba", "ab,ba,c"]):
+    assert positions == [[4, 7, 9]]                 # "c=" then ",ab,ba,c"
+    # the head at the last token of step k sees exactly the prompt, the separator and steps 1..k
+    for k, text in enumerate([",ab", ",ab,ba", ",ab,ba,c"]):
         alone = model.score(tokenizer, ["c="], [text])[0]
         assert float(logits[k]) == pytest.approx(alone, abs=1e-5)
 

@@ -64,6 +64,18 @@ def test_impossible_options_are_refused():
         generate(StepsDataConfig(questions=1000, min_ops=1, max_ops=1))   # 20 starts x 20 operations: 400
     with pytest.raises(ValueError, match="min ops"):
         generate(StepsDataConfig(min_ops=3, max_ops=2))
+    with pytest.raises(ValueError, match="operations must be some of add, subtract, multiply, got divide"):
+        generate(StepsDataConfig(kinds=("divide",)))
+
+
+def test_the_question_space_bounds_what_is_drawn():
+    # additions and subtractions of 1..3 from a start of 1..4: no "double it", nothing larger
+    train, test = generate(StepsDataConfig(questions=40, kinds=("add", "subtract"), max_start=4, max_operand=3,
+                                           min_ops=2, max_ops=2, error_rate=0.0))
+    for row in train + test:
+        words = row["prompt"].split("; ")
+        assert len(words) == 3 and 1 <= int(words[0].removeprefix("start at ")) <= 4
+        assert all(w.split()[0] in ("add", "subtract") and 1 <= int(w.split()[1]) <= 3 for w in words[1:])
 
 
 def test_steps_data_command_writes_both_splits(tmp_path):

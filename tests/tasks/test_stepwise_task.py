@@ -101,6 +101,7 @@ def test_rewards_read_the_raw_question_not_the_chat_formatted_prompt(policy):
     ({"rewards": [{"name": "exact_match", "label": "outcome"}]}, "logged as 'outcome'"),
     ({"rewards": [{"name": "exact_match", "column": "solution"}]}, "needs the column 'solution'"),
     ({"min_ops": 1, "max_ops": 1, "num_train": 5000}, "could not find 5064 distinct questions"),
+    ({"ops": ["add", "modulo"]}, "stepwise: operations must be some of add, subtract, multiply"),
 ])
 def test_bad_options_are_one_clear_error(tokenizer, options, message):
     with pytest.raises(ValueError, match=message):

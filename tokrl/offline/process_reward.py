@@ -283,6 +283,12 @@ def add_steps_data_command(sub) -> None:
                    help=f"chance a solution has a planted wrong step (default {d.error_rate})")
     p.add_argument("--min-ops", type=int, default=d.min_ops, help=f"fewest steps (default {d.min_ops})")
     p.add_argument("--max-ops", type=int, default=d.max_ops, help=f"most steps (default {d.max_ops})")
+    p.add_argument("--ops", default=",".join(d.kinds),
+                   help=f"the kinds of operation, comma-separated (default {','.join(d.kinds)})")
+    p.add_argument("--max-start", type=int, default=d.max_start,
+                   help=f"start values are drawn from 1..this (default {d.max_start})")
+    p.add_argument("--max-operand", type=int, default=d.max_operand,
+                   help=f"what is added or subtracted is drawn from 1..this (default {d.max_operand})")
     p.add_argument("--test-fraction", type=float, default=d.test_fraction,
                    help=f"share of questions held out, with all their solutions (default {d.test_fraction})")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -294,8 +300,10 @@ def steps_data_cli(args) -> int:
     from tokrl.tasks.data import write_jsonl
     from tokrl.tasks.stepwise import StepsDataConfig, generate
 
-    cfg = StepsDataConfig(args.questions, args.solutions, args.error_rate, args.min_ops, args.max_ops,
-                          args.test_fraction, args.seed)
+    cfg = StepsDataConfig(min_ops=args.min_ops, max_ops=args.max_ops, kinds=tuple(args.ops.split(",")),
+                          max_start=args.max_start, max_operand=args.max_operand, questions=args.questions,
+                          solutions=args.solutions, error_rate=args.error_rate, test_fraction=args.test_fraction,
+                          seed=args.seed)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} is a file; name a directory")

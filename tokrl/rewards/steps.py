@@ -84,13 +84,16 @@ def check_separator(tokenizer, separator: str) -> None:
 
 def encode_solution(tokenizer, prompt: str, steps: list[str], separator: str, max_length: int | None
                     ) -> tuple[list[int], list[int]]:
-    """(ids, positions): prompt ids + ids of the separator-joined steps, and per step the
-    index in ``ids`` of its last token, or -1 for a step cut off by ``max_length``
-    (a long sequence loses its oldest tokens, as a sequence-level reward model's does)."""
+    """(ids, positions): prompt ids + ids of the separator and the separator-joined steps,
+    and per step the index in ``ids`` of its last token, or -1 for a step cut off by
+    ``max_length`` (a long sequence loses its oldest tokens, as a sequence-level reward
+    model's does). The separator parts the prompt from the first step too: a question
+    ending in "add 4" followed by the step "1 + 4 = 5" would otherwise read "add 41"."""
     text, spans = join_steps(steps, separator)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    positions = [len(prompt_ids) + j for j in last_tokens(enc["offset_mapping"], [e for _, e in spans])]
+    enc = tokenizer(separator + text, add_special_tokens=False, return_offsets_mapping=True)
+    ends = [len(separator) + e for _, e in spans]
+    positions = [len(prompt_ids) + j for j in last_tokens(enc["offset_mapping"], ends)]
     ids = prompt_ids + enc["input_ids"]
     cut = max(len(ids) - max_length, 0) if max_length else 0
     return ids[cut:], [p - cut if p >= cut else -1 for p in positions]

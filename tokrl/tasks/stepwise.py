@@ -59,18 +59,50 @@ def solve(start: int, ops: list[Operation], wrong_at: int | None = None, delta: 
     return steps, labels
 
 
+KINDS = ("add", "subtract", "multiply")
+
+
 @dataclass
-class StepsDataConfig:
+class QuestionSpace:
+    """Which questions are drawn: how many operations, of which kinds, from which numbers.
+    A multiplication multiplies by 2 or 3 ("double it", "triple it")."""
+
+    min_ops: int = 2
+    """fewest operations (= steps) in a question"""
+    max_ops: int = 4
+    """most operations (= steps) in a question"""
+    kinds: tuple[str, ...] = KINDS
+    """the kinds of operation drawn (some of add, subtract, multiply)"""
+    max_start: int = 20
+    """the start value is drawn from 1..max_start"""
+    max_operand: int = 9
+    """an addition's or subtraction's operand is drawn from 1..max_operand"""
+
+    def check(self) -> None:
+        for ok, message in [(1 <= self.min_ops <= self.max_ops, "need 1 <= min ops <= max ops"),
+                            (bool(self.kinds) and set(self.kinds) <= set(KINDS),
+                             f"operations must be some of {', '.join(KINDS)}, got {', '.join(self.kinds) or 'none'}"),
+                            (self.max_start >= 1 and self.max_operand >= 1, "max start and max operand must be >= 1")]:
+            if not ok:
+                raise ValueError(message)
+
+    def draw(self, rng: random.Random) -> tuple[int, list[Operation]]:
+        """(start, operations) of one random question."""
+        ops = []
+        for _ in range(rng.randint(self.min_ops, self.max_ops)):
+            kind = rng.choice(self.kinds)
+            ops.append((kind, rng.choice([2, 3]) if kind == "multiply" else rng.randint(1, self.max_operand)))
+        return rng.randint(1, self.max_start), ops
+
+
+@dataclass
+class StepsDataConfig(QuestionSpace):
     questions: int = 600
     """distinct questions (each has ``solutions`` solutions)"""
     solutions: int = 2
     """solutions per question"""
     error_rate: float = 0.5
     """chance that a solution has a planted wrong step"""
-    min_ops: int = 2
-    """fewest operations (= steps) in a question"""
-    max_ops: int = 4
-    """most operations (= steps) in a question"""
     test_fraction: float = 0.2
     """share of questions held out (with all their solutions)"""
     seed: int = 0
@@ -80,31 +112,23 @@ class StepsDataConfig:
         for ok, message in [(self.questions >= 2, "questions must be >= 2 (one to train on, one held out)"),
                             (self.solutions >= 1, "solutions must be >= 1"),
                             (0.0 <= self.error_rate <= 1.0, "error rate must lie in [0, 1]"),
-                            (1 <= self.min_ops <= self.max_ops, "need 1 <= min ops <= max ops"),
                             (0.0 < self.test_fraction < 1.0, "test fraction must lie in (0, 1)")]:
             if not ok:
                 raise ValueError(message)
+        self.check()
 
 
-def random_question(rng: random.Random, min_ops: int, max_ops: int) -> tuple[int, list[Operation]]:
-    ops = []
-    for _ in range(rng.randint(min_ops, max_ops)):
-        kind = rng.choice(["add", "subtract", "multiply"])
-        ops.append((kind, rng.choice([2, 3]) if kind == "multiply" else rng.randint(1, 9)))
-    return rng.randint(1, 20), ops
-
-
-def distinct_questions(rng: random.Random, n: int, min_ops: int, max_ops: int
-                       ) -> dict[str, tuple[int, list[Operation]]]:
+def distinct_questions(rng: random.Random, n: int, space: QuestionSpace) -> dict[str, tuple[int, list[Operation]]]:
     """``n`` distinct questions {text: (start, operations)}, in the order ``rng`` drew them."""
+    space.check()
     questions: dict[str, tuple[int, list[Operation]]] = {}
     tries = 0
     while len(questions) < n:
         tries += 1
         if tries > 100 * n:
-            raise ValueError(f"could not find {n} distinct questions with {min_ops}-{max_ops} operations; "
-                             f"ask for fewer or allow more operations")
-        start, ops = random_question(rng, min_ops, max_ops)
+            raise ValueError(f"could not find {n} distinct questions with {space.min_ops}-{space.max_ops} "
+                             "operations; ask for fewer or allow more operations or larger numbers")
+        start, ops = space.draw(rng)
         questions.setdefault(question_text(start, ops), (start, ops))
     return questions
 
@@ -113,7 +137,7 @@ def generate(cfg: StepsDataConfig) -> tuple[list[dict], list[dict]]:
     """(train rows, test rows): ``cfg.questions`` distinct questions, split by question."""
     cfg.validate()
     rng = random.Random(cfg.seed)
-    questions = distinct_questions(rng, cfg.questions, cfg.min_ops, cfg.max_ops)
+    questions = distinct_questions(rng, cfg.questions, cfg)
     order = list(questions)                     # insertion order: seeded
     rng.shuffle(order)
     n_test = min(max(round(cfg.test_fraction * len(order)), 1), len(order) - 1)

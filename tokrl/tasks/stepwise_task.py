@@ -22,7 +22,7 @@ from tokrl.rewards.spec import build_rewards
 from tokrl.rewards.steps import split_steps
 from tokrl.tasks.base import Example
 from tokrl.tasks.prompts import RewardsTask
-from tokrl.tasks.stepwise import Operation, apply, distinct_questions, solve
+from tokrl.tasks.stepwise import KINDS, Operation, QuestionSpace, apply, distinct_questions, solve
 
 _INT = re.compile(r"-?\d+")
 
@@ -41,17 +41,23 @@ def final_answer(text: str, separator: str = "\n") -> str | None:
 class Stepwise(RewardsTask):
     name = "stepwise"
 
-    def __init__(self, tokenizer, min_ops: int = 3, max_ops: int = 4, num_train: int = 1000, num_test: int = 64,
+    def __init__(self, tokenizer, min_ops: int = 3, max_ops: int = 4, ops: list[str] | None = None,
+                 max_start: int = 20, max_operand: int = 9, num_train: int = 1000, num_test: int = 64,
                  separator: str = "\n", rewards: list[dict[str, Any]] | None = None, seed: int = 0):
         if not 1 <= min_ops <= max_ops:
             raise ValueError(f"stepwise: need 1 <= min_ops <= max_ops, got {min_ops} and {max_ops}")
+        space = QuestionSpace(min_ops, max_ops, tuple(ops or KINDS), max_start, max_operand)
+        try:
+            space.check()
+        except ValueError as e:
+            raise ValueError(f"stepwise: {e}") from None
         if num_train < 1 or num_test < 1:
             raise ValueError("stepwise: num_train and num_test must be >= 1")
         if not separator:
             raise ValueError("stepwise: the step separator must not be empty")
         self.tokenizer, self.separator = tokenizer, separator
         rng = random.Random(seed)
-        questions = distinct_questions(rng, num_train + num_test, min_ops, max_ops)
+        questions = distinct_questions(rng, num_train + num_test, space)
         order = list(questions)
         rng.shuffle(order)
         # split by question: no test question is in train
