@@ -126,8 +126,9 @@ class TrainConfig:
     The update is unchanged (bitwise on CPU); rollout and no-grad passes are untouched"""
     compile: bool = False
     """compile the update's forward pass with torch.compile (dynamic shapes, compiled once
-    on the first update and reused): SmolLM2's update 1.3x faster on 2 CPU cores, for a
-    compile of a few minutes; pays on long runs (benchmarks/efficiency.py). Numbers
+    on the first update and reused): SmolLM2's float32 update 1.26x faster on 2 CPU cores,
+    for a compile of about 80 s, so it pays on runs of dozens of steps or more
+    (benchmarks/efficiency.py --compile). Numbers
     differ from eager in the last bits. One process only; not with activation_checkpointing.
     If compilation fails, torch falls back to eager with a warning"""
     target_reward: float | None = None
